@@ -1,0 +1,1 @@
+"""User-facing runs behind the CLI; one module per `l2m` subcommand."""
