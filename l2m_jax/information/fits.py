@@ -1,0 +1,115 @@
+"""Power-law fits with standard errors.
+
+`fit_power_law(x, y)` is ordinary least squares of log y on log x (PAPER.md §3), the fit the
+paper uses for I_BP(L) ~ A·L^β. With `offset=True` it fits y = A·x^b + C with C in
+(0, min y), minimising the squared log-residuals Σ (log(y − C) − log A − b log x)² — the
+bias-corrected fit of two-point MI, where C absorbs the estimator's positive bias.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+from scipy import optimize
+
+
+class PowerLawFit(NamedTuple):
+    """y ≈ amplitude · x**exponent + offset.
+
+    Attributes:
+      amplitude: A.
+      exponent: b (negative for a decay; the decay exponent α of I_TP is −b).
+      exponent_stderr: standard error of b from the residuals of the log-space fit
+        (with `offset=True`, from the full three-parameter covariance, so the uncertainty of
+        C is included).
+      offset: C (0.0 for a plain power law).
+      residual_std: standard deviation of the log-space residuals.
+    """
+
+    amplitude: float
+    exponent: float
+    exponent_stderr: float
+    offset: float = 0.0
+    residual_std: float = 0.0
+
+    def __call__(self, x):
+        return self.amplitude * np.asarray(x, np.float64) ** self.exponent + self.offset
+
+
+def _check(x, y, min_points: int) -> tuple[np.ndarray, np.ndarray]:
+    x = np.asarray(x, np.float64).ravel()
+    y = np.asarray(y, np.float64).ravel()
+    if x.shape != y.shape:
+        raise ValueError(f"x and y must have the same length, got {x.size} and {y.size}")
+    if x.size < min_points:
+        raise ValueError(
+            f"a power-law fit with a standard error needs at least {min_points} points, "
+            f"got {x.size}"
+        )
+    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+        raise ValueError("x and y must be finite (a NaN or inf reached the fit)")
+    if np.any(x <= 0) or np.any(y <= 0):
+        raise ValueError(
+            "a log-log power-law fit needs x > 0 and y > 0; "
+            f"got min x = {x.min():.3g}, min y = {y.min():.3g}"
+        )
+    if np.unique(x).size < 2:
+        raise ValueError("x must take at least two distinct values")
+    return x, y
+
+
+def _ols(u: np.ndarray, v: np.ndarray) -> tuple[float, float, float, float]:
+    """OLS of v on u: (intercept, slope, slope stderr, residual std)."""
+    n = u.size
+    du = u - u.mean()
+    sxx = float(du @ du)
+    slope = float(du @ (v - v.mean()) / sxx)
+    intercept = float(v.mean() - slope * u.mean())
+    resid = v - intercept - slope * u
+    s2 = float(resid @ resid) / (n - 2)
+    return intercept, slope, float(np.sqrt(s2 / sxx)), float(np.sqrt(s2))
+
+
+def fit_power_law(x, y, offset: bool = False) -> PowerLawFit:
+    """Fits y = A·x^b (+ C) in log-log space; returns A, b, the stderr of b, and C.
+
+    Args:
+      x, y: positive, finite 1-D arrays of equal length (at least 3 points; 4 with offset).
+      offset: also fit a constant C in (0, min y) (the bias-corrected two-point fit).
+    """
+    if not offset:
+        x, y = _check(x, y, 3)
+        intercept, slope, se, rstd = _ols(np.log(x), np.log(y))
+        return PowerLawFit(float(np.exp(intercept)), slope, se, 0.0, rstd)
+
+    x, y = _check(x, y, 4)
+    lx, ymin = np.log(x), float(y.min())
+
+    def ssr(c: float) -> float:
+        _, _, _, rstd = _ols(lx, np.log(y - c))
+        return rstd
+
+    # The residual is smooth in C on (0, min y) and blows up as C → min y; a bounded
+    # scalar search after a coarse grid finds the global minimum of this 1-D problem.
+    grid = ymin * (1.0 - np.geomspace(1.0, 1e-6, 60))
+    grid = grid[(grid >= 0) & (grid < ymin)]
+    best = grid[int(np.argmin([ssr(c) for c in grid]))]
+    lo = max(0.0, best - 0.05 * ymin)
+    hi = min(ymin * (1 - 1e-9), best + 0.05 * ymin)
+    c = (
+        float(optimize.minimize_scalar(ssr, bounds=(lo, hi), method="bounded").x)
+        if hi > lo
+        else best
+    )
+    c = min(max(c, 0.0), ymin * (1 - 1e-9))
+    intercept, slope, _, _ = _ols(lx, np.log(y - c))
+
+    # Stderr of b from the three-parameter Gauss-Newton covariance in log space.
+    resid = np.log(y - c) - intercept - slope * lx
+    jac = np.stack([np.ones_like(lx), lx, 1.0 / (y - c)], axis=1)
+    s2 = float(resid @ resid) / (x.size - 3)
+    cov = s2 * np.linalg.pinv(jac.T @ jac)
+    return PowerLawFit(
+        float(np.exp(intercept)), slope, float(np.sqrt(max(cov[1, 1], 0.0))), c, float(np.sqrt(s2))
+    )
