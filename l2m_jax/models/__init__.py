@@ -1,0 +1,100 @@
+"""Models as pure functions over explicit param pytrees; every function dispatches on the config.
+
+  params = init(config, key)
+  out = apply(config, params, inputs)             # tokens [B, L] -> logits [B, L, V];
+                                                  # vectors [B, L, C] -> GaussianPrediction
+  cache = init_cache(config, batch, max_len)
+  out, cache = prefill(config, params, inputs, cache)
+  out, cache = decode_step(config, params, input_B, cache)   # [B] tokens or [B, C] vectors
+
+Configs: `TransformerConfig` (GPT-2 and Llama styles), `MambaConfig` (Mamba-1),
+`Mamba2Config` (Mamba-2 / SSD). Named sizes: `preset(name, **overrides)`, `PRESETS`.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from l2m_jax.models import transformer as _transformer
+from l2m_jax.models.heads import STD_FLOOR, GaussianPrediction
+from l2m_jax.models.transformer import KVCache, TransformerConfig
+
+__all__ = [
+    "STD_FLOOR",
+    "GaussianPrediction",
+    "KVCache",
+    "TransformerConfig",
+    "apply",
+    "decode_step",
+    "init",
+    "init_cache",
+    "param_count",
+    "prefill",
+    "token_logprob_fn",
+]
+
+_MODULES = {TransformerConfig: _transformer}
+
+
+def _module(config):
+    module = _MODULES.get(type(config))
+    if module is None:
+        names = ", ".join(c.__name__ for c in _MODULES)
+        raise TypeError(f"config must be one of {names}, got {type(config).__name__}")
+    return module
+
+
+def init(config, key) -> dict:
+    """Random parameters (nested dicts of float32 arrays) for `config`."""
+    return _module(config).init(config, key)
+
+
+def apply(config, params, inputs):
+    """Whole-sequence forward pass (training): output t depends on inputs 0..t only."""
+    return _module(config).apply(config, params, inputs)
+
+
+def init_cache(config, batch: int, max_len: int):
+    """An empty generation cache for `batch` sequences of up to `max_len` positions."""
+    return _module(config).init_cache(config, batch, max_len)
+
+
+def prefill(config, params, inputs, cache):
+    """Feeds a block of positions through the cache: returns (outputs, cache)."""
+    return _module(config).prefill(config, params, inputs, cache)
+
+
+def decode_step(config, params, input_B, cache):
+    """Feeds one position per sequence: returns (output, cache)."""
+    return _module(config).decode_step(config, params, input_B, cache)
+
+
+def param_count(params) -> int:
+    """Number of scalars in a parameter pytree."""
+    return sum(int(a.size) for a in jax.tree.leaves(params))
+
+
+def token_logprob_fn(config):
+    """`logprob_fn(params, tokens_BxT int32) -> logp_BxT float32` for the estimators.
+
+    Entry t is log q(tokens[t] | BOS, tokens[:t]): the model prepends `config.bos_id` and
+    scores all T tokens in one forward pass of length T.
+    """
+    if config.head != "tokens":
+        raise ValueError(
+            f"token_logprob_fn needs a token model (head='tokens'), got head={config.head!r}"
+        )
+    module = _module(config)
+
+    def logprob_fn(params, tokens_BxT):
+        if tokens_BxT.ndim != 2:
+            raise ValueError(f"tokens_BxT must be [B, T], got shape {tuple(tokens_BxT.shape)}")
+        tokens_BxT = tokens_BxT.astype(jnp.int32)
+        bos_Bx1 = jnp.full((tokens_BxT.shape[0], 1), config.bos_id, jnp.int32)
+        inputs_BxT = jnp.concatenate([bos_Bx1, tokens_BxT[:, :-1]], axis=1)
+        logits_BxTxV = module.apply(config, params, inputs_BxT)
+        logp_BxTxV = jax.nn.log_softmax(logits_BxTxV.astype(jnp.float32), axis=-1)
+        return jnp.take_along_axis(logp_BxTxV, tokens_BxT[..., None], axis=-1)[..., 0]
+
+    return logprob_fn

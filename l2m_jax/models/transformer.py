@@ -1,0 +1,380 @@
+"""Decoder-only transformer, GPT-2 style or Llama style, as pure functions over a param pytree.
+
+Parameters (nested dicts of float32 arrays; `n` = n_layers, layers stacked on axis 0 so one
+`lax.scan` runs them; H query heads, K key/value heads, E head_dim, F d_ff):
+
+  embed/tokens [V, D]             (head="tokens"; Gaussian MLP otherwise, see heads.py)
+  positions [P, D]                learned absolute positions when num_positions P > 0
+  layers/attn_norm/scale [n, D]   (+ /bias [n, D] for gpt2: LayerNorm; llama: RMSNorm)
+  layers/attn/wq [n, D, H·E]  wk, wv [n, D, K·E]  wo [n, H·E, D]   (+ bq, bk, bv, bo for gpt2)
+  layers/mlp_norm/scale [n, D]    (+ /bias for gpt2)
+  layers/mlp/w_in [n, D, F] b_in [n, F] w_out [n, F, D] b_out [n, D]      gpt2 (GELU, tanh)
+  layers/mlp/w_gate [n, D, F] w_up [n, D, F] w_down [n, F, D]             llama (SwiGLU)
+  final_norm/scale [D]            (+ /bias for gpt2)
+  head/...                        untied unembedding [D, V] or the Gaussian head
+
+Projections are `x @ w` (w is [in, out]). Query/key heads are laid out head-major: columns
+h·E .. h·E + E − 1 of wq belong to head h.
+
+Rotary embeddings (llama): the half-split convention of Hugging Face Llama — dimension i of a
+head is rotated together with dimension i + E/2, with frequency rope_theta^(−2i/E). Meta and
+GGUF checkpoints store Q/K with adjacent pairs (2i, 2i+1): permute the rows of each head's
+block when importing (new[:, h·E + i] = old[:, h·E + 2i], new[:, h·E + E/2 + i] = old[:, h·E +
+2i + 1]).
+
+Generation uses a preallocated `KVCache` ([n, B, K, S, E] keys and values, per-sequence int32
+lengths); decoding one token writes through `kernels.decode_attention.append_kv` and attends
+with `kernels.decode_attention.decode_attention`. Whole sequences and prefill use plain causal
+attention (`jax.nn.dot_product_attention`).
+
+Past the cache capacity S (or the learned positions P): Python-level checks raise ValueError
+whenever lengths are static or concrete (eager calls, shapes under jit). Under jit with traced
+lengths, the outputs of a sequence that runs past S or P are NaN (never a silent clip).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from kernels.decode_attention import append_kv, decode_attention
+from l2m_jax.models import _layers, heads
+
+__all__ = ["KVCache", "TransformerConfig"]
+
+STYLES = ("gpt2", "llama")
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+    """A decoder-only transformer.
+
+    Attributes:
+      style: "gpt2" (LayerNorm, GELU MLP, biases, learned positions) or "llama" (RMSNorm,
+        SwiGLU MLP, no biases, rotary positions, grouped-query attention).
+      vocab_size: V, tokens (head="tokens"); ignored by the Gaussian head but kept valid.
+      d_model: D, residual width.  n_layers: blocks.  n_heads: H query heads (divide D).
+      n_kv_heads: K key/value heads (divide H); None means K = H.
+      d_ff: MLP hidden width; None means 4·D (gpt2) or 8/3·D rounded up to 64 (llama).
+      max_positions: learned absolute positions P; None means 1024 for gpt2, 0 (none) for
+        llama. Sequences (and caches) cannot be longer than P when P > 0.
+      rope_theta: rotary base (llama; 1e4 Llama-2, 1e5 SmolLM2).
+      norm_eps: epsilon of LayerNorm / RMSNorm.
+      tie_embeddings: unembed with the transposed token embedding.
+      head: "tokens" (logits) or "gaussian" (GaussianPrediction of `channels` values).
+      channels: C, vector size for head="gaussian".
+      bos_id: token prepended by `token_logprob_fn`.
+      implementation, interpret: passed to the decode-attention kernel dispatcher.
+    """
+
+    style: str = "gpt2"
+    vocab_size: int = 50257
+    d_model: int = 768
+    n_layers: int = 12
+    n_heads: int = 12
+    n_kv_heads: int | None = None
+    d_ff: int | None = None
+    max_positions: int | None = None
+    rope_theta: float = 10_000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = True
+    head: str = "tokens"
+    channels: int = 1
+    bos_id: int = 0
+    implementation: str = "auto"
+    interpret: bool = False
+
+    def __post_init__(self):
+        if self.style not in STYLES:
+            raise ValueError(f"TransformerConfig.style must be one of {STYLES}, got {self.style!r}")
+        _layers.check_common(self)
+        _layers.check_positive("TransformerConfig.n_heads", self.n_heads)
+        if self.d_model % self.n_heads:
+            raise ValueError(
+                f"TransformerConfig: n_heads={self.n_heads} does not divide d_model="
+                f"{self.d_model}; choose n_heads among the divisors of d_model"
+            )
+        if self.n_kv_heads is not None:
+            _layers.check_positive("TransformerConfig.n_kv_heads", self.n_kv_heads)
+            if self.n_heads % self.n_kv_heads:
+                raise ValueError(
+                    f"TransformerConfig: n_kv_heads={self.n_kv_heads} does not divide n_heads="
+                    f"{self.n_heads} (grouped-query attention shares each KV head among "
+                    "n_heads // n_kv_heads query heads)"
+                )
+        if self.d_ff is not None:
+            _layers.check_positive("TransformerConfig.d_ff", self.d_ff)
+        if self.style == "llama" and self.head_dim % 2:
+            raise ValueError(
+                f"TransformerConfig: rotary embeddings need an even head_dim, got "
+                f"{self.head_dim} (d_model / n_heads)"
+            )
+        if not self.rope_theta > 0:
+            raise ValueError(
+                f"TransformerConfig.rope_theta must be positive, got {self.rope_theta}"
+            )
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def ff_dim(self) -> int:
+        if self.d_ff is not None:
+            return self.d_ff
+        if self.style == "gpt2":
+            return 4 * self.d_model
+        return -(-(8 * self.d_model) // 3 // 64) * 64
+
+    @property
+    def num_positions(self) -> int:
+        if self.max_positions is not None:
+            return self.max_positions
+        return 1024 if self.style == "gpt2" else 0
+
+
+class KVCache(NamedTuple):
+    """Preallocated keys/values of every layer and the number of valid rows per sequence."""
+
+    k: jax.Array  # [n_layers, B, K, S, E]
+    v: jax.Array  # [n_layers, B, K, S, E]
+    lengths: jax.Array  # [B] int32
+
+
+# ----------------------------------------------------------------------------- parameters
+
+
+def init(config: TransformerConfig, key) -> dict:
+    D, F, n = config.d_model, config.ff_dim, config.n_layers
+    HE, KE = config.n_heads * config.head_dim, config.kv_heads * config.head_dim
+    gpt2 = config.style == "gpt2"
+    std, out_std = 0.02, 0.02 / math.sqrt(2 * n)
+    k_io, k_q, k_k, k_v, k_o, k_1, k_2, k_3 = jax.random.split(key, 8)
+    zeros = lambda *shape: jnp.zeros(shape, jnp.float32)
+    ones = lambda *shape: jnp.ones(shape, jnp.float32)
+
+    def norm(*lead):
+        return (
+            {"scale": ones(*lead, D), "bias": zeros(*lead, D)}
+            if gpt2
+            else {"scale": ones(*lead, D)}
+        )
+
+    attn = {
+        "wq": _layers.normal(k_q, (n, D, HE), std),
+        "wk": _layers.normal(k_k, (n, D, KE), std),
+        "wv": _layers.normal(k_v, (n, D, KE), std),
+        "wo": _layers.normal(k_o, (n, HE, D), out_std),
+    }
+    if gpt2:
+        attn.update(bq=zeros(n, HE), bk=zeros(n, KE), bv=zeros(n, KE), bo=zeros(n, D))
+        mlp = {
+            "w_in": _layers.normal(k_1, (n, D, F), std),
+            "b_in": zeros(n, F),
+            "w_out": _layers.normal(k_2, (n, F, D), out_std),
+            "b_out": zeros(n, D),
+        }
+    else:
+        mlp = {
+            "w_gate": _layers.normal(k_1, (n, D, F), std),
+            "w_up": _layers.normal(k_3, (n, D, F), std),
+            "w_down": _layers.normal(k_2, (n, F, D), out_std),
+        }
+    params = heads.init(config, k_io)
+    params["layers"] = {"attn_norm": norm(n), "attn": attn, "mlp_norm": norm(n), "mlp": mlp}
+    params["final_norm"] = norm()
+    return params
+
+
+# ----------------------------------------------------------------------------- forward
+
+
+def _norm(config, p, x_BxLxD):
+    if config.style == "gpt2":
+        return _layers.layer_norm(x_BxLxD, p["scale"], p["bias"], config.norm_eps)
+    return _layers.rms_norm(x_BxLxD, p["scale"], config.norm_eps)
+
+
+def _rope(x_BxLxHxE, positions_BxL, theta):
+    E = x_BxLxHxE.shape[-1]
+    half = E // 2
+    inv_freq = theta ** (-jnp.arange(half, dtype=jnp.float32) * 2.0 / E)
+    angle_BxLx1xF = positions_BxL.astype(jnp.float32)[:, :, None, None] * inv_freq[None, None, None]
+    cos, sin = jnp.cos(angle_BxLx1xF), jnp.sin(angle_BxLx1xF)
+    x1, x2 = x_BxLxHxE[..., :half], x_BxLxHxE[..., half:]
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+def _qkv(config, attn, h_BxLxD, positions_BxL):
+    B, L, _ = h_BxLxD.shape
+    H, K, E = config.n_heads, config.kv_heads, config.head_dim
+    q = _layers.dense(h_BxLxD, attn["wq"], attn.get("bq"))
+    k = _layers.dense(h_BxLxD, attn["wk"], attn.get("bk"))
+    v = _layers.dense(h_BxLxD, attn["wv"], attn.get("bv"))
+    q_BxLxHxE, k_BxLxKxE, v_BxLxKxE = (
+        q.reshape(B, L, H, E),
+        k.reshape(B, L, K, E),
+        v.reshape(B, L, K, E),
+    )
+    if config.style == "llama":
+        q_BxLxHxE = _rope(q_BxLxHxE, positions_BxL, config.rope_theta)
+        k_BxLxKxE = _rope(k_BxLxKxE, positions_BxL, config.rope_theta)
+    return q_BxLxHxE, k_BxLxKxE, v_BxLxKxE
+
+
+def _mlp(config, mlp, h_BxLxD):
+    if config.style == "gpt2":
+        h_BxLxF = jax.nn.gelu(_layers.dense(h_BxLxD, mlp["w_in"], mlp["b_in"]))
+        return _layers.dense(h_BxLxF, mlp["w_out"], mlp["b_out"])
+    return (jax.nn.silu(h_BxLxD @ mlp["w_gate"]) * (h_BxLxD @ mlp["w_up"])) @ mlp["w_down"]
+
+
+def _layer(config, layer, x_BxLxD, positions_BxL, attend):
+    """One pre-norm block; `attend(q, k, v) -> (o_BxLxHxE, extra)` picks the attention form."""
+    B, L, _ = x_BxLxD.shape
+    h_BxLxD = _norm(config, layer["attn_norm"], x_BxLxD)
+    o_BxLxHxE, extra = attend(*_qkv(config, layer["attn"], h_BxLxD, positions_BxL))
+    x_BxLxD = x_BxLxD + _layers.dense(
+        o_BxLxHxE.reshape(B, L, -1), layer["attn"]["wo"], layer["attn"].get("bo")
+    )
+    x_BxLxD = x_BxLxD + _mlp(config, layer["mlp"], _norm(config, layer["mlp_norm"], x_BxLxD))
+    return x_BxLxD, extra
+
+
+def _causal(q_BxLxHxE, k_BxLxKxE, v_BxLxKxE):
+    return jax.nn.dot_product_attention(q_BxLxHxE, k_BxLxKxE, v_BxLxKxE, is_causal=True), None
+
+
+def apply(config: TransformerConfig, params: dict, inputs):
+    """Whole sequences: tokens [B, L] -> logits [B, L, V], or vectors [B, L, C] ->
+    GaussianPrediction([B, L, C], [B, L, C]). Output t sees inputs 0..t."""
+    heads.check_inputs(config, inputs, step=False)
+    B, L = inputs.shape[:2]
+    heads.check_positions(config, L)
+    positions_BxL = jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), (B, L))
+    x_BxLxD = heads.embed(config, params, inputs, positions_BxL)
+
+    def body(x_BxLxD, layer):
+        return _layer(config, layer, x_BxLxD, positions_BxL, _causal)
+
+    x_BxLxD, _ = lax.scan(body, x_BxLxD, params["layers"])
+    return heads.output(config, params, _norm(config, params["final_norm"], x_BxLxD))
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+def init_cache(config: TransformerConfig, batch: int, max_len: int) -> KVCache:
+    """An empty cache for `batch` sequences of up to `max_len` positions."""
+    _layers.check_positive("batch", batch)
+    _layers.check_positive("max_len", max_len)
+    heads.check_positions(config, max_len)
+    shape = (config.n_layers, batch, config.kv_heads, max_len, config.head_dim)
+    return KVCache(
+        jnp.zeros(shape, jnp.float32), jnp.zeros(shape, jnp.float32), jnp.zeros((batch,), jnp.int32)
+    )
+
+
+def _check_cache(config, cache, batch, new):
+    if not isinstance(cache, KVCache):
+        raise TypeError(f"cache must be a KVCache from init_cache, got {type(cache).__name__}")
+    n, B, K, S, E = cache.k.shape
+    if (n, K, E) != (config.n_layers, config.kv_heads, config.head_dim) or batch != B:
+        raise ValueError(
+            f"cache has shape {tuple(cache.k.shape)}, which does not fit this config and a "
+            f"batch of {batch}; create it with init_cache(config, {batch}, max_len)"
+        )
+    if new > S:
+        raise ValueError(
+            f"{new} new positions do not fit a cache of capacity {S}; allocate a larger cache"
+        )
+    _layers.check_lengths_fit(cache.lengths, new, S, "cache capacity")
+    _layers.check_lengths_fit(cache.lengths, new, config.num_positions or None, "max_positions")
+    return S
+
+
+def _nan_if_past(config, out, lengths_B, new, S):
+    limit = min(S, config.num_positions) if config.num_positions else S
+    return jax.tree.map(lambda a: _layers.overflow_to_nan(a, lengths_B, new, limit), out)
+
+
+def prefill(config: TransformerConfig, params: dict, inputs, cache: KVCache):
+    """Appends a block of inputs ([B, L] or [B, L, C]) to the cache; returns (outputs, cache).
+
+    Works on an empty cache or after earlier prefill/decode calls (position b continues at
+    cache.lengths[b]). The outputs equal `apply` on the concatenated sequence.
+    """
+    heads.check_inputs(config, inputs, step=False)
+    B, L = inputs.shape[:2]
+    S = _check_cache(config, cache, B, L)
+    lengths_B = cache.lengths
+    positions_BxL = lengths_B[:, None] + jnp.arange(L, dtype=jnp.int32)[None]
+    x_BxLxD = heads.embed(config, params, inputs, positions_BxL)
+    # query at position p sees cache rows 0..p
+    mask_Bx1xLxS = (jnp.arange(S)[None, None, :] <= positions_BxL[:, :, None])[:, None]
+    write = jax.vmap(
+        lambda c_KxSxE, new_KxLxE, s: lax.dynamic_update_slice(c_KxSxE, new_KxLxE, (0, s, 0))
+    )
+
+    def body(x_BxLxD, layer_and_cache):
+        layer, k_BxKxSxE, v_BxKxSxE = layer_and_cache
+
+        def attend(q_BxLxHxE, k_BxLxKxE, v_BxLxKxE):
+            k_cache = write(k_BxKxSxE, jnp.swapaxes(k_BxLxKxE, 1, 2), lengths_B)
+            v_cache = write(v_BxKxSxE, jnp.swapaxes(v_BxLxKxE, 1, 2), lengths_B)
+            o = jax.nn.dot_product_attention(
+                q_BxLxHxE,
+                jnp.swapaxes(k_cache, 1, 2),
+                jnp.swapaxes(v_cache, 1, 2),
+                mask=mask_Bx1xLxS,
+            )
+            return o, (k_cache, v_cache)
+
+        return _layer(config, layer, x_BxLxD, positions_BxL, attend)
+
+    x_BxLxD, (k, v) = lax.scan(body, x_BxLxD, (params["layers"], cache.k, cache.v))
+    out = heads.output(config, params, _norm(config, params["final_norm"], x_BxLxD))
+    return _nan_if_past(config, out, lengths_B, L, S), KVCache(k, v, lengths_B + L)
+
+
+def decode_step(config: TransformerConfig, params: dict, input_B, cache: KVCache):
+    """One new position per sequence: token [B] or vector [B, C] -> (logits [B, V] or
+    GaussianPrediction([B, C], [B, C]), cache)."""
+    heads.check_inputs(config, input_B, step=True)
+    B = input_B.shape[0]
+    S = _check_cache(config, cache, B, 1)
+    lengths_B = cache.lengths
+    positions_Bx1 = lengths_B[:, None]
+    x_Bx1xD = heads.embed(config, params, input_B[:, None], positions_Bx1)
+
+    def body(x_Bx1xD, layer_and_cache):
+        layer, k_BxKxSxE, v_BxKxSxE = layer_and_cache
+
+        def attend(q_Bx1xHxE, k_Bx1xKxE, v_Bx1xKxE):
+            k_cache, v_cache = append_kv(
+                k_BxKxSxE, v_BxKxSxE, k_Bx1xKxE[:, 0], v_Bx1xKxE[:, 0], lengths_B
+            )
+            o_BxHxE = decode_attention(
+                q_Bx1xHxE[:, 0],
+                k_cache,
+                v_cache,
+                lengths_B + 1,
+                implementation=config.implementation,
+                interpret=config.interpret,
+            )
+            return o_BxHxE[:, None], (k_cache, v_cache)
+
+        return _layer(config, layer, x_Bx1xD, positions_Bx1, attend)
+
+    x_Bx1xD, (k, v) = lax.scan(body, x_Bx1xD, (params["layers"], cache.k, cache.v))
+    out = heads.output(config, params, _norm(config, params["final_norm"], x_Bx1xD[:, 0]))
+    return _nan_if_past(config, out, lengths_B, 1, S), KVCache(k, v, lengths_B + 1)
