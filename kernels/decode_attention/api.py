@@ -1,0 +1,70 @@
+"""Dispatcher for attention of one new query token over a preallocated KV cache."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from kernels import _dispatch
+from kernels.decode_attention import reference
+from kernels.decode_attention.reference import append_kv
+
+__all__ = ["append_kv", "decode_attention"]
+
+
+def decode_attention(
+    q_BxHxE,
+    k_cache_BxKxSxE,
+    v_cache_BxKxSxE,
+    lengths_B,
+    *,
+    scale=None,
+    implementation="auto",
+    interpret=False,
+):
+    """softmax(q·kᵀ·scale)·v over cache rows < lengths[b] (never reads beyond them).
+
+    Args:
+      q_BxHxE: one query token per sequence, H query heads.
+      k_cache_BxKxSxE, v_cache_BxKxSxE: caches with K key/value heads (H a multiple of K,
+        grouped-query attention) and capacity S.
+      lengths_B: int32 number of valid rows per sequence (0 gives a zero output).
+      scale: score scale, 1/sqrt(E) if None.
+      implementation: "auto" | "xla" | "pallas"; interpret: run Pallas in interpret mode.
+    Returns:
+      o_BxHxE in q's dtype.
+    """
+    if q_BxHxE.ndim != 3:
+        raise ValueError(f"q_BxHxE has shape {tuple(q_BxHxE.shape)}; expected [B, H, E]")
+    B, H, E = q_BxHxE.shape
+    if k_cache_BxKxSxE.ndim != 4:
+        raise ValueError(
+            f"k_cache_BxKxSxE has shape {tuple(k_cache_BxKxSxE.shape)}; expected [B, K, S, E]"
+        )
+    K, S = k_cache_BxKxSxE.shape[1:3]
+    if k_cache_BxKxSxE.shape != (B, K, S, E):
+        raise ValueError(
+            f"k_cache_BxKxSxE has shape {tuple(k_cache_BxKxSxE.shape)}; expected "
+            f"[B={B}, K, S, E={E}] to match q_BxHxE"
+        )
+    if v_cache_BxKxSxE.shape != k_cache_BxKxSxE.shape:
+        raise ValueError(
+            f"v_cache_BxKxSxE has shape {tuple(v_cache_BxKxSxE.shape)}; expected the k cache's "
+            f"{tuple(k_cache_BxKxSxE.shape)}"
+        )
+    if K < 1 or H % K:
+        raise ValueError(f"the cache has K={K} KV heads, which must divide the H={H} query heads")
+    if lengths_B.shape != (B,) or not jnp.issubdtype(lengths_B.dtype, jnp.integer):
+        raise ValueError(
+            f"lengths_B must be an integer array of shape ({B},), got {lengths_B.dtype} "
+            f"{tuple(lengths_B.shape)}"
+        )
+    for name, a in (("q_BxHxE", q_BxHxE), ("k_cache_BxKxSxE", k_cache_BxKxSxE)):
+        if not jnp.issubdtype(a.dtype, jnp.floating):
+            raise TypeError(f"{name} must be floating point, got dtype {a.dtype}")
+    scale = float(E) ** -0.5 if scale is None else scale
+    problem = "the Pallas decode kernel has not landed yet"
+    impl = _dispatch.choose("decode_attention", implementation, interpret, problem)
+    del impl
+    return reference.decode_attention_reference(
+        q_BxHxE, k_cache_BxKxSxE, v_cache_BxKxSxE, lengths_B.astype(jnp.int32), scale=scale
+    )
