@@ -16,14 +16,19 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from l2m_jax.models import ssm as _ssm
 from l2m_jax.models import transformer as _transformer
 from l2m_jax.models.heads import STD_FLOOR, GaussianPrediction
+from l2m_jax.models.ssm import Mamba2Config, MambaConfig, SSMCache
 from l2m_jax.models.transformer import KVCache, TransformerConfig
 
 __all__ = [
     "STD_FLOOR",
     "GaussianPrediction",
     "KVCache",
+    "Mamba2Config",
+    "MambaConfig",
+    "SSMCache",
     "TransformerConfig",
     "apply",
     "decode_step",
@@ -34,7 +39,7 @@ __all__ = [
     "token_logprob_fn",
 ]
 
-_MODULES = {TransformerConfig: _transformer}
+_MODULES = {TransformerConfig: _transformer, MambaConfig: _ssm, Mamba2Config: _ssm}
 
 
 def _module(config):
