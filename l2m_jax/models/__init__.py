@@ -19,23 +19,30 @@ import jax.numpy as jnp
 from l2m_jax.models import ssm as _ssm
 from l2m_jax.models import transformer as _transformer
 from l2m_jax.models.heads import STD_FLOOR, GaussianPrediction
+from l2m_jax.models.presets import NOMINAL_PARAMS, PRESETS, preset
 from l2m_jax.models.ssm import Mamba2Config, MambaConfig, SSMCache
+from l2m_jax.models.state import StateSize, history_state_size
 from l2m_jax.models.transformer import KVCache, TransformerConfig
 
 __all__ = [
+    "NOMINAL_PARAMS",
+    "PRESETS",
     "STD_FLOOR",
     "GaussianPrediction",
     "KVCache",
     "Mamba2Config",
     "MambaConfig",
     "SSMCache",
+    "StateSize",
     "TransformerConfig",
     "apply",
     "decode_step",
+    "history_state_size",
     "init",
     "init_cache",
     "param_count",
     "prefill",
+    "preset",
     "token_logprob_fn",
 ]
 
