@@ -16,10 +16,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from l2m_jax.models import gguf, pretrained
 from l2m_jax.models import ssm as _ssm
 from l2m_jax.models import transformer as _transformer
+from l2m_jax.models.gguf import load_llama_gguf
 from l2m_jax.models.heads import STD_FLOOR, GaussianPrediction
 from l2m_jax.models.presets import NOMINAL_PARAMS, PRESETS, preset
+from l2m_jax.models.pretrained import PretrainedModel
 from l2m_jax.models.ssm import Mamba2Config, MambaConfig, SSMCache
 from l2m_jax.models.state import StateSize, history_state_size
 from l2m_jax.models.transformer import KVCache, TransformerConfig
@@ -32,17 +35,21 @@ __all__ = [
     "KVCache",
     "Mamba2Config",
     "MambaConfig",
+    "PretrainedModel",
     "SSMCache",
     "StateSize",
     "TransformerConfig",
     "apply",
     "decode_step",
+    "gguf",
     "history_state_size",
     "init",
     "init_cache",
+    "load_llama_gguf",
     "param_count",
     "prefill",
     "preset",
+    "pretrained",
     "token_logprob_fn",
 ]
 

