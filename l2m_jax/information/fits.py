@@ -113,3 +113,64 @@ def fit_power_law(x, y, offset: bool = False) -> PowerLawFit:
     return PowerLawFit(
         float(np.exp(intercept)), slope, float(np.sqrt(max(cov[1, 1], 0.0))), c, float(np.sqrt(s2))
     )
+
+
+class BootstrapInterval(NamedTuple):
+    """Percentile interval of a fitted exponent under resampling of independent units.
+
+    Attributes:
+      low, high: the (1 ± confidence)/2 quantiles of the resampled exponents.
+      std: their standard deviation.
+      resamples: resamples that could be fitted.
+      failed: resamples whose mean had a value ≤ 0 (no log-log fit), left out.
+    """
+
+    low: float
+    high: float
+    std: float
+    resamples: int
+    failed: int
+
+
+def bootstrap_power_law(
+    x,
+    y_NxX,
+    *,
+    resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    offset: bool = False,
+) -> BootstrapInterval:
+    """Bootstrap interval of the exponent of `fit_power_law(x, y_NxX.mean(0))`.
+
+    Each resample draws the N rows of `y_NxX` (one per independent unit, e.g. a document;
+    one column per x) with replacement and refits the power law to the resampled means.
+
+    Args:
+      x: [X] positive abscissae.
+      y_NxX: [N, X] per-unit values (N ≥ 2) whose means over units are fitted.
+      resamples: number of resamples (≥ 2).
+      confidence: level of the percentile interval, in (0, 1).
+      seed: seeds the resampling.
+      offset: passed to `fit_power_law`.
+    """
+    x = np.asarray(x, np.float64).ravel()
+    y = np.asarray(y_NxX, np.float64)
+    if y.ndim != 2 or y.shape[1] != x.size or y.shape[0] < 2:
+        raise ValueError(f"y_NxX must be [N ≥ 2 units, X = {x.size} points], got shape {y.shape}")
+    if not isinstance(resamples, (int, np.integer)) or resamples < 2:
+        raise ValueError(f"resamples must be an integer ≥ 2, got {resamples!r}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+    n = y.shape[0]
+    weights_RxN = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), resamples)
+    means_RxX = weights_RxN @ y / n
+    ok = np.all(means_RxX > 0, axis=1)
+    if ok.sum() < 2:
+        raise ValueError("the resampled means have values ≤ 0; a log-log fit does not apply")
+    exps = np.array([fit_power_law(x, m, offset=offset).exponent for m in means_RxX[ok]])
+    tail = 0.5 * (1.0 - confidence)
+    low, high = np.quantile(exps, [tail, 1.0 - tail])
+    return BootstrapInterval(
+        float(low), float(high), float(exps.std(ddof=1)), int(ok.sum()), int((~ok).sum())
+    )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def cholesky(cov, name: str = "cov") -> np.ndarray:
+def cholesky(cov, name: str = "cov", *, check_symmetric: bool = True) -> np.ndarray:
     """Lower Cholesky factor in float64; a ValueError if `cov` is not symmetric PD."""
     cov = np.asarray(cov, dtype=np.float64)
     if cov.ndim != 2 or cov.shape[0] != cov.shape[1] or cov.shape[0] == 0:
@@ -19,7 +19,7 @@ def cholesky(cov, name: str = "cov") -> np.ndarray:
     if not np.all(np.isfinite(cov)):
         raise ValueError(f"{name} has non-finite entries")
     scale = max(float(np.abs(cov).max()), 1e-300)
-    if not np.allclose(cov, cov.T, rtol=0.0, atol=1e-10 * scale):
+    if check_symmetric and not np.allclose(cov, cov.T, rtol=0.0, atol=1e-10 * scale):
         raise ValueError(f"{name} must be symmetric")
     try:
         return np.linalg.cholesky(cov)
@@ -35,11 +35,14 @@ def prefix_logdets(chol: np.ndarray) -> np.ndarray:
     return np.concatenate([[0.0], np.cumsum(2.0 * np.log(np.diag(chol)))])
 
 
-def bipartite_logdets(cov) -> tuple[np.ndarray, np.ndarray]:
-    """(leading, trailing): log-dets of Σ[:m, :m] and Σ[L−m:, L−m:] for m = 0..L."""
+def bipartite_logdets(cov, chol=None) -> tuple[np.ndarray, np.ndarray]:
+    """(leading, trailing): log-dets of Σ[:m, :m] and Σ[L−m:, L−m:] for m = 0..L.
+
+    `chol`, if given, is the Cholesky factor of `cov` (saves one factorisation).
+    """
     cov = np.asarray(cov, dtype=np.float64)
-    lead = prefix_logdets(cholesky(cov))
-    trail = prefix_logdets(cholesky(cov[::-1, ::-1]))
+    lead = prefix_logdets(cholesky(cov) if chol is None else chol)
+    trail = prefix_logdets(cholesky(cov[::-1, ::-1], check_symmetric=False))
     return lead, trail
 
 

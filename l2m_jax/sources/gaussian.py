@@ -183,11 +183,12 @@ class GaussianFamily:
 
     @functools.cached_property
     def _cholesky(self) -> np.ndarray:
-        return cholesky(self.cov, "the family's covariance")
+        # Symmetric by construction; only positive definiteness is checked.
+        return cholesky(self.cov, "the family's covariance", check_symmetric=False)
 
     @functools.cached_property
     def _logdets(self) -> tuple[np.ndarray, np.ndarray]:
-        return bipartite_logdets(self.cov)
+        return bipartite_logdets(self.cov, self._cholesky)
 
     # ---- exact information (totals over channels, nats) ------------------------------
 
@@ -218,14 +219,17 @@ class GaussianFamily:
 
     # ---- conditionals -----------------------------------------------------------------
 
-    @functools.cached_property
-    def predictor(self) -> LinearPredictor:
-        """Exact linear predictor (float64 math, float32 arrays); pass it through jit."""
+    def linear_predictor(self, dtype=jnp.float32) -> LinearPredictor:
+        """Exact linear predictor in `dtype` (float64 math; float64 output needs x64)."""
         chol = self._cholesky
         d = np.diag(chol)
-        w = np.eye(self.length) - d[:, None] * np.linalg.inv(chol)
-        w = np.tril(w, -1)
-        return LinearPredictor(jnp.asarray(w, jnp.float32), jnp.asarray(d, jnp.float32))
+        w = np.tril(np.eye(self.length) - d[:, None] * np.linalg.inv(chol), -1)
+        return LinearPredictor(jnp.asarray(w, dtype), jnp.asarray(d, dtype))
+
+    @functools.cached_property
+    def predictor(self) -> LinearPredictor:
+        """The float32 exact linear predictor; pass it through jit as an argument."""
+        return self.linear_predictor(jnp.float32)
 
     def conditionals(self, z_BxLxC: jax.Array) -> tuple[jax.Array, jax.Array]:
         """(mean, std) of p(z_i | z_<i), each [B, L, C]; input without the BOS token."""
@@ -258,8 +262,8 @@ class GaussianFamily:
                 rows = jnp.concatenate([copies, noise], axis=-2)  # [..., b, n]
                 z = jnp.einsum("jc,...cn->...nj", m, rows).reshape(*lead, n * b)
                 if n > 1:
-                    a = weights[layer]
                     u, v = z[..., b - 1 : n * b - 1 : b], z[..., b::b]
+                    a = weights[layer].reshape((1,) * (u.ndim - 1) + (n - 1,))
                     z = z.at[..., b - 1 : n * b - 1 : b].set(a * u + c * v)
                     z = z.at[..., b::b].set(c * u + a * v)
             return z
@@ -287,6 +291,7 @@ class GaussianFamily:
         return jnp.einsum("ij,bjc->bic", chol, eps)
 
 
+@functools.lru_cache(maxsize=8)
 def _family(
     name: str,
     copies: int,
