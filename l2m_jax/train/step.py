@@ -1,0 +1,247 @@
+"""Training state, tasks (what data, which loss), the jitted train step and evaluation.
+
+A task is a small static description: the model's apply function plus where the data comes
+from. `GaussianTask` draws fresh sequences from a Gaussian family inside the step and trains on
+the exact per-token KL against the family's exact conditionals; `TokenTask` trains on token NLL
+for batches fed from the host. The step is data-parallel: a 1-D mesh over the devices, the
+batch sharded along it, parameters and optimizer state replicated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from collections.abc import Callable
+from typing import Any, ClassVar, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from l2m_jax.train.losses import gaussian_kl, gaussian_nll, token_nll
+
+DATA_AXIS = "data"
+
+
+class TrainState(NamedTuple):
+    params: Any
+    opt_state: Any
+    step: jax.Array  # int32 scalar: optimiser steps taken
+    rng: jax.Array  # uint32[2] raw key for the data stream (checkpointable as a plain array)
+
+
+def init_state(params: Any, optimizer: optax.GradientTransformation, seed: int) -> TrainState:
+    return TrainState(
+        params=params,
+        opt_state=optimizer.init(params),
+        step=jnp.zeros((), jnp.int32),
+        rng=jax.random.key_data(jax.random.key(seed)),
+    )
+
+
+# ----------------------------------------------------------------------------- devices
+
+
+def maybe_initialize_distributed() -> bool:
+    """Calls `jax.distributed.initialize()` when the environment describes a multi-host job.
+
+    Recognised: JAX_COORDINATOR_ADDRESS (explicit), several TPU workers (TPU_WORKER_HOSTNAMES),
+    SLURM or Open MPI jobs with more than one task. Call before any other JAX work.
+    """
+    env = os.environ
+    multi = (
+        "JAX_COORDINATOR_ADDRESS" in env
+        or "," in env.get("TPU_WORKER_HOSTNAMES", "")
+        or int(env.get("SLURM_NTASKS", "1")) > 1
+        or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
+    )
+    if multi and not jax.distributed.is_initialized():
+        jax.distributed.initialize()
+    return multi
+
+
+def data_mesh(devices: list | None = None) -> Mesh:
+    """A 1-D mesh named "data" over `devices` (default: every device of every process)."""
+    devices = jax.devices() if devices is None else list(devices)
+    return Mesh(np.array(devices), (DATA_AXIS,))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def host_batch(mesh: Mesh, global_batch: np.ndarray) -> jax.Array:
+    """Places a host batch (the same global array on every process) sharded over the mesh.
+
+    Each process contributes only its own rows (`make_array_from_process_local_data`), so
+    multi-host runs never transfer other hosts' data.
+    """
+    sharding = batch_sharding(mesh)
+    n_proc, pid = jax.process_count(), jax.process_index()
+    rows = global_batch.shape[0]
+    if rows % n_proc:
+        raise ValueError(f"batch of {rows} rows cannot be split over {n_proc} processes")
+    local = global_batch[pid * rows // n_proc : (pid + 1) * rows // n_proc]
+    return jax.make_array_from_process_local_data(sharding, local, global_batch.shape)
+
+
+# ----------------------------------------------------------------------------- tasks
+
+
+def _mean_std(prediction: Any) -> tuple[jax.Array, jax.Array]:
+    if hasattr(prediction, "mean") and hasattr(prediction, "std"):
+        return prediction.mean, prediction.std
+    mean, std = prediction
+    return mean, std
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class GaussianTask:
+    """Fresh Gaussian sequences each step; loss = exact per-token KL (mean over i and channels).
+
+    Attributes:
+      family: a Gaussian family (`l2m_jax.sources.subvolume_gaussian(...)` or alike) with
+        `length`, `channels`, `sample(key, batch, bos=True)` and `conditionals(z)`.
+      apply_fn: `(params, inputs_BxLxC) -> prediction` with `.mean` and `.std` [B, L, C]
+        (or a `(mean, std)` pair); the inputs are the sequence shifted right behind an
+        all-zero BOS vector, so output i predicts z_i from z_<i.
+    """
+
+    family: Any
+    apply_fn: Callable[[Any, jax.Array], Any]
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.family.length)
+
+    def sample(self, key: jax.Array, batch: int) -> jax.Array:
+        return self.family.sample(key, batch, bos=True)
+
+    def per_token(self, params: Any, x_BxL1xC: jax.Array) -> dict[str, jax.Array]:
+        inputs_BxLxC, targets_BxLxC = x_BxL1xC[:, :-1], x_BxL1xC[:, 1:]
+        mean_q, std_q = _mean_std(self.apply_fn(params, inputs_BxLxC))
+        mean_p, std_p = self.family.conditionals(targets_BxLxC)
+        mean_p, std_p = jax.lax.stop_gradient((mean_p, std_p))
+        return {
+            "kl": gaussian_kl(mean_p, std_p, mean_q, std_q).mean(-1),
+            "nll": gaussian_nll(targets_BxLxC, mean_q, std_q).mean(-1),
+        }
+
+    loss_name: ClassVar[str] = "kl"
+
+    @property
+    def tokens_per_sequence(self) -> int:
+        return self.seq_len
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TokenTask:
+    """Token sequences fed from the host; loss = NLL (mean over positions).
+
+    Attributes:
+      apply_fn: `(params, tokens_BxL int32) -> logits_BxLxV`.
+      batches: `batches(step, batch_size) -> np.ndarray int32 [B, L+1]`, a deterministic
+        function of the step (so a resumed run sees the same data); column 0 is BOS.
+      seq_len: L, the predicted positions per sequence.
+      eval_data: held-out sequences `np.ndarray int32 [N, L+1]`.
+    """
+
+    apply_fn: Callable[[Any, jax.Array], jax.Array]
+    batches: Callable[[int, int], np.ndarray]
+    seq_len: int
+    eval_data: np.ndarray
+
+    def per_token(self, params: Any, tokens_BxL1: jax.Array) -> dict[str, jax.Array]:
+        logits_BxLxV = self.apply_fn(params, tokens_BxL1[:, :-1])
+        return {"nll": token_nll(logits_BxLxV, tokens_BxL1[:, 1:])}
+
+    loss_name: ClassVar[str] = "nll"
+
+    @property
+    def tokens_per_sequence(self) -> int:
+        return self.seq_len
+
+
+Task = GaussianTask | TokenTask
+
+
+# ----------------------------------------------------------------------------- steps
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("task", "optimizer", "batch_size", "sharding"),
+    donate_argnames=("state",),
+)
+def train_step(
+    state: TrainState,
+    batch: jax.Array | None,
+    *,
+    task: Task,
+    optimizer: optax.GradientTransformation,
+    batch_size: int,
+    sharding: NamedSharding,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimiser step. `batch` is None for Gaussian tasks (fresh samples drawn here)."""
+    rng, key = jax.random.split(jax.random.wrap_key_data(state.rng))
+    if batch is None:
+        batch = task.sample(key, batch_size)
+    batch = jax.lax.with_sharding_constraint(batch, sharding)
+
+    def loss_fn(params):
+        per_token = task.per_token(params, batch)
+        means = {name: value.mean() for name, value in per_token.items()}
+        return means[task.loss_name], means
+
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss, **metrics, "grad_norm": optax.tree.norm(grads)}
+    new_state = TrainState(params, opt_state, state.step + 1, jax.random.key_data(rng))
+    return new_state, metrics
+
+
+@functools.partial(jax.jit, static_argnames=("task",))
+def _eval_sums(params: Any, batch: jax.Array, *, task: Task) -> dict[str, jax.Array]:
+    return {name: value.sum(0) for name, value in task.per_token(params, batch).items()}
+
+
+def eval_set(task: Task, mesh: Mesh, size: int, seed: int) -> jax.Array:
+    """The fixed held-out set: Gaussian samples from a key apart from the training stream."""
+    if isinstance(task, TokenTask):
+        return host_batch(mesh, np.asarray(task.eval_data, np.int32))
+    key = jax.random.fold_in(jax.random.key(seed), 0x5EED)  # never drawn by the train stream
+    return _sample(key, task=task, size=size, sharding=batch_sharding(mesh))
+
+
+@functools.partial(jax.jit, static_argnames=("task", "size", "sharding"))
+def _sample(key: jax.Array, *, task: GaussianTask, size: int, sharding: NamedSharding):
+    return jax.lax.with_sharding_constraint(task.sample(key, size), sharding)
+
+
+def evaluate(params: Any, task: Task, data: jax.Array, chunk: int) -> dict[str, Any]:
+    """Position-wise and average metrics on held-out `data`, `chunk` sequences per call.
+
+    Returns numpy/float values: `kl_by_position`, `avg_kl` (Gaussian tasks only),
+    `nll_by_position`, `avg_nll`.
+    """
+    n = data.shape[0]
+    if n % chunk:
+        raise ValueError(f"held-out set of {n} sequences is not a multiple of the chunk {chunk}")
+    totals: dict[str, jax.Array] = {}
+    for start in range(0, n, chunk):
+        sums = _eval_sums(params, data[start : start + chunk], task=task)
+        totals = sums if not totals else jax.tree.map(jnp.add, totals, sums)
+    out: dict[str, Any] = {}
+    for name, total in jax.device_get(totals).items():
+        by_position = np.asarray(total, np.float64) / n
+        out[f"{name}_by_position"] = by_position
+        out[f"avg_{name}"] = float(by_position.mean())
+    return out
