@@ -243,3 +243,23 @@ def test_missing_models_say_how_to_install(monkeypatch, tmp_path):
     (tmp_path / "bad.gguf").write_bytes(b"not a gguf file at all")
     with pytest.raises(ValueError, match="not a readable GGUF"):
         pretrained.load(str(tmp_path / "bad.gguf"))
+
+
+def test_sharded_params_score_like_unsharded_ones(tiny):
+    from jax.sharding import AxisType, NamedSharding, PartitionSpec
+
+    path, _, tok = tiny
+    model = pretrained.load(str(path))
+    mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
+    params = pretrained.shard_params(model.params, mesh)
+    wq = params["layers"]["attn"]["wq"]
+    assert wq.sharding.spec == PartitionSpec(None, None, "model")
+    assert wq.addressable_shards[0].data.shape == (N_LAYERS, D, H * E // 4)
+    ids = tok.encode(TEXT)
+    tokens_BxT = jnp.asarray([ids[i : i + 32] for i in range(0, 8 * 5, 5)], jnp.int32)
+    sharded_BxT = jax.device_put(tokens_BxT, NamedSharding(mesh, PartitionSpec("data")))
+    got = model.logprob_fn(params, sharded_BxT)
+    want = model.logprob_fn(model.params, tokens_BxT)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="not an axis"):
+        pretrained.shard_params(model.params, mesh, model_axis="tensor")

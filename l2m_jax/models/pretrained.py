@@ -23,7 +23,7 @@ import jax
 from l2m_jax.models import gguf as _gguf
 from l2m_jax.models.transformer import TransformerConfig
 
-__all__ = ["KNOWN_MODELS", "PretrainedModel", "load", "locate"]
+__all__ = ["KNOWN_MODELS", "PretrainedModel", "load", "locate", "shard_params"]
 
 
 class _Known(NamedTuple):
@@ -128,3 +128,43 @@ def load(
         return scores(params, tokens_BxT)
 
     return PretrainedModel(config, params, tokenizer, logprob_fn, max_len)
+
+
+# Which axis of each Llama param is split over the mesh's model axis (tensor parallelism):
+# column-parallel for Q/K/V and the MLP's gate/up, row-parallel for the output projections,
+# vocabulary-parallel for the (tied) embedding; norms are replicated.
+_MODEL_AXIS_OF = {
+    "tokens": 0,
+    "unembed": 1,
+    "wq": 2,
+    "wk": 2,
+    "wv": 2,
+    "wo": 1,
+    "w_gate": 2,
+    "w_up": 2,
+    "w_down": 1,
+}
+
+
+def shard_params(params: dict, mesh: jax.sharding.Mesh, *, model_axis: str | None = "model"):
+    """Places a Llama param tree on `mesh`: Megatron-style splits over `model_axis`, copies
+    over every other axis (None: fully replicated). A dimension that the axis size does not
+    divide stays whole. Feed inputs sharded over the data axis; XLA adds the collectives."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    if model_axis is not None and model_axis not in mesh.axis_names:
+        raise ValueError(
+            f"model_axis {model_axis!r} is not an axis of the mesh "
+            f"{tuple(mesh.axis_names)}; pass one of them or None"
+        )
+    size = 1 if model_axis is None else mesh.shape[model_axis]
+
+    def place(path, leaf):
+        name = getattr(path[-1], "key", None)
+        spec = [None] * leaf.ndim
+        axis = _MODEL_AXIS_OF.get(name)
+        if axis is not None and size > 1 and leaf.shape[axis] % size == 0:
+            spec[axis] = model_axis
+        return jax.device_put(leaf, NamedSharding(mesh, PartitionSpec(*spec)))
+
+    return jax.tree_util.tree_map_with_path(place, params)

