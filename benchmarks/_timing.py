@@ -16,7 +16,9 @@ class Timing(NamedTuple):
     runs_s: tuple[float, ...]
 
 
-def time_fn(fn: Callable[..., Any], *args: Any, repeats: int = 5, min_time_s: float = 0.0) -> Timing:
+def time_fn(
+    fn: Callable[..., Any], *args: Any, repeats: int = 5, min_time_s: float = 0.0
+) -> Timing:
     """Times `fn(*args)` with `block_until_ready`; the compile time is reported apart.
 
     Runs at least `repeats` times and, if `min_time_s` is set, until that much time was spent.

@@ -49,8 +49,8 @@ from l2m_jax.information.gaussian import bipartite_logdets, cholesky
 class LinearPredictor(NamedTuple):
     """Exact conditionals of a Gaussian sequence: μ = z @ weights_LxL.T, σ = std_L."""
 
-    weights_LxL: jax.Array  # strictly lower triangular, float32
-    std_L: jax.Array  # float32
+    weights_LxL: np.ndarray  # strictly lower triangular
+    std_L: np.ndarray
 
 
 def conditionals(predictor: LinearPredictor, z_BxLxC: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -224,7 +224,9 @@ class GaussianFamily:
         chol = self._cholesky
         d = np.diag(chol)
         w = np.tril(np.eye(self.length) - d[:, None] * np.linalg.inv(chol), -1)
-        return LinearPredictor(jnp.asarray(w, dtype), jnp.asarray(d, dtype))
+        # NumPy arrays, so a first use inside a jit trace caches constants, not tracers.
+        dtype = np.dtype(dtype)
+        return LinearPredictor(w.astype(dtype), d.astype(dtype))
 
     @functools.cached_property
     def predictor(self) -> LinearPredictor:
@@ -246,8 +248,8 @@ class GaussianFamily:
     @functools.cached_property
     def _sampler(self):
         b, k, c = self.branching, self.copies, self.coupling
-        m = jnp.asarray(self.mixing, jnp.float32)
-        weights = [jnp.asarray(a, jnp.float32) for a in self._structure[1]]
+        m = self.mixing.astype(np.float32)  # NumPy constants (safe to build inside a trace)
+        weights = [a.astype(np.float32) for a in self._structure[1]]
 
         def draw(key, batch_shape: tuple[int, ...]) -> jax.Array:
             # z = T ε applied layer by layer: O(L) work and memory per sample.
@@ -285,10 +287,14 @@ class GaussianFamily:
         return self._sampler(key, batch=int(batch), bos=bool(bos))
 
     def dense_sample(self, key: jax.Array, batch: int) -> jax.Array:
-        """Baseline sampler through a dense L×L Cholesky factor (for benchmarks/tests)."""
-        chol = jnp.asarray(self._cholesky, jnp.float32)
-        eps = jax.random.normal(key, (batch, self.length, self.channels))
-        return jnp.einsum("ij,bjc->bic", chol, eps)
+        """Baseline sampler through the dense L×L Cholesky factor (benchmarks and tests)."""
+        return _dense_sample(self._cholesky.astype(np.float32), key, batch, self.channels)
+
+
+@functools.partial(jax.jit, static_argnames=("batch", "channels"))
+def _dense_sample(chol_LxL, key, batch: int, channels: int) -> jax.Array:
+    eps_BxLxC = jax.random.normal(key, (batch, chol_LxL.shape[0], channels))
+    return jnp.einsum("ij,bjc->bic", chol_LxL, eps_BxLxC)
 
 
 @functools.lru_cache(maxsize=8)
