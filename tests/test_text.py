@@ -102,6 +102,22 @@ def test_folder_corpus_tokenizes_caches_and_filters(tmp_path, monkeypatch):
     assert load_corpus(folder, tokenizer=tok)[0].tolist() == list(b"Changed text.")
     with pytest.raises(ValueError, match="lower min_tokens"):
         load_corpus(folder, tokenizer=tok, min_tokens=1000)
+    assert [d.title for d in read_documents(folder, shard=(1, 2))] == ["doc1.txt"]
+
+
+def test_per_host_loading_reads_only_this_hosts_share(tmp_path, monkeypatch):
+    import jax
+
+    monkeypatch.setenv("L2M_CACHE", str(tmp_path / "cache"))
+    texts = [f"Document number {i}." for i in range(7)]
+    folder = _folder(tmp_path, texts)
+    tok = get_tokenizer("bytes")
+    monkeypatch.setattr(jax, "process_count", lambda: 3)
+    shares = []
+    for i in range(3):
+        monkeypatch.setattr(jax, "process_index", lambda i=i: i)
+        shares.append([tok.decode(d) for d in load_corpus(folder, tokenizer=tok, per_host=True)])
+    assert shares == [texts[0::3], texts[1::3], texts[2::3]]
 
 
 def test_folders_without_text_are_refused(tmp_path):
@@ -219,5 +235,7 @@ def test_local_tfds_builder_and_pg19_layout(tmp_path, monkeypatch):
     tok = get_tokenizer("bytes")
     docs = load_corpus("pg19", tokenizer=tok, data_dir=tmp_path / "tfds")
     assert sorted(tok.decode(d) for d in docs) == sorted(texts)
+    odd = read_documents("pg19", data_dir=tmp_path / "tfds", shard=(1, 2))
+    assert [d.text for d in odd] == [tok.decode(docs[1])]
     with pytest.raises(ValueError, match="TFDS dataset"):
         load_corpus("tfds:no_such_dataset_l2m", tokenizer=tok, cache=False)

@@ -66,3 +66,81 @@ def test_bad_names_and_ids():
         get_tokenizer("bytes").decode([65, 300])
     with pytest.raises(ValueError, match="vocab_size must be at least"):
         train_bpe(["abc"], 100, "/tmp/never-written.json")
+
+
+def _gguf_tokenizer_file(path, model, tokens, types, **fields):
+    import gguf
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_tokenizer_model(model)
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    for key, value in fields.items():
+        getattr(writer, f"add_{key}")(value)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("sentencepiece") is None,
+    reason="the reference needs pip install sentencepiece",
+)
+def test_gguf_sentencepiece_vocabulary_encodes_like_sentencepiece(tmp_path):
+    import sentencepiece as spm
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(
+        (
+            "The quick brown fox jumps over the lazy dog. In the beginning God "
+            "created the heavens and the earth.\n"
+        )
+        * 40
+        + "Numbers 12 and 345.\n"
+    )
+    spm.SentencePieceTrainer.train(
+        input=str(corpus),
+        model_prefix=str(tmp_path / "sp"),
+        vocab_size=400,
+        model_type="bpe",
+        byte_fallback=True,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        add_dummy_prefix=True,
+        minloglevel=2,
+    )
+    sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "sp.model"))
+    n = sp.get_piece_size()
+    kind = lambda i: 2 if sp.is_unknown(i) else 3 if sp.is_control(i) else 6 if sp.is_byte(i) else 1
+    path = _gguf_tokenizer_file(
+        tmp_path / "spm.gguf",
+        "llama",
+        [sp.id_to_piece(i) for i in range(n)],
+        [kind(i) for i in range(n)],
+        token_scores=[sp.get_score(i) for i in range(n)],
+        bos_token_id=sp.bos_id(),
+        eos_token_id=sp.eos_id(),
+        add_space_prefix=True,
+    )
+    tok = get_tokenizer(f"gguf:{path}")
+    assert (tok.vocab_size, tok.bos_id) == (n, sp.bos_id())
+    for text in ["The quick brown fox.", "In the beginning  God", SAMPLE, "lazy dogs 12345"]:
+        assert tok.encode(text) == sp.encode(text), text
+        assert tok.decode(tok.encode(text)) == sp.decode(sp.encode(text)) == text
+    ids = tok.encode("the quick")
+    assert "".join(tok.token_texts[i] for i in ids) == " the quick"
+
+
+def test_gguf_byte_level_vocabulary_with_an_unknown_pre_tokenizer_is_refused(tmp_path):
+    path = _gguf_tokenizer_file(
+        tmp_path / "bpe.gguf",
+        "gpt2",
+        ["a", "b", "ab"],
+        [1, 1, 1],
+        token_merges=["a b"],
+        tokenizer_pre="mystery",
+    )
+    with pytest.raises(ValueError, match="pre-tokenizer 'mystery' is not supported"):
+        get_tokenizer(f"gguf:{path}")

@@ -26,6 +26,7 @@ import functools
 import hashlib
 import html
 import importlib.util
+import itertools
 import json
 import os
 import pathlib
@@ -289,7 +290,7 @@ def text_corpus_builder(source: str, data_dir: str | os.PathLike | None = None):
     return builder
 
 
-def _tfds_documents(name: str, data_dir, split: str) -> Iterator[Document]:
+def _tfds_documents(name: str, data_dir, split: str, shard) -> Iterator[Document]:
     import tensorflow_datasets as tfds
 
     try:
@@ -313,10 +314,13 @@ def _tfds_documents(name: str, data_dir, split: str) -> Iterator[Document]:
             f"its features are {list(features)}"
         )
     title_key = next((k for k in ("book_title", "title") if k in features), None)
+    index, count = shard
     if builder.info.file_format is not None and builder.info.file_format.value == "array_record":
-        examples = iter(builder.as_data_source(split=split))
+        source = builder.as_data_source(split=split)  # random access: read only our share
+        examples = (source[i] for i in range(index, len(source), count))
     else:
-        examples = iter(tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False)))
+        dataset = tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False))
+        examples = itertools.islice(dataset, index, None, count)
     for i, example in enumerate(examples):
         text, title = example[text_key], example[title_key] if title_key else str(i)
         as_str = lambda v: v.decode("utf-8", errors="replace") if isinstance(v, bytes) else str(v)
@@ -345,23 +349,33 @@ def _resolve(name: str) -> tuple[str, str]:
 
 
 def read_documents(
-    corpus: str, *, data_dir: str | os.PathLike | None = None, split: str = "train"
+    corpus: str,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    split: str = "train",
+    shard: tuple[int, int] = (0, 1),
 ) -> Iterator[Document]:
     """Yields the documents (title, plain text) of a corpus, in a fixed order.
 
-    `data_dir` and `split` apply to TFDS corpora ("pg19", "tfds:NAME").
+    `data_dir` and `split` apply to TFDS corpora ("pg19", "tfds:NAME"). `shard=(i, n)`
+    yields only documents i, i + n, i + 2n, ... (TFDS corpora read only those records).
     """
+    index, count = shard
+    if not 0 <= index < count:
+        raise ValueError(f"shard must be (index, count) with 0 <= index < count, got {shard}")
     kind, arg = _resolve(corpus)
+    if kind == "tfds":
+        return _tfds_documents(arg, data_dir, split, shard)
     if kind == "sword":
         modules = [m for m in arg.removeprefix("sword").lstrip(":").split(",") if m]
-        return _sword_documents(_sword_root(), modules)
-    if kind == "shakespeare":
+        documents = _sword_documents(_sword_root(), modules)
+    elif kind == "shakespeare":
         files = _shakespeare_files()
-        return _file_documents(files, files[0].parent)
-    if kind == "tfds":
-        return _tfds_documents(arg, data_dir, split)
-    folder = pathlib.Path(arg)
-    return _file_documents(_folder_files(folder), folder)
+        documents = _file_documents(files, files[0].parent)
+    else:
+        folder = pathlib.Path(arg)
+        documents = _file_documents(_folder_files(folder), folder)
+    return itertools.islice(documents, index, None, count)
 
 
 def _fingerprint(kind: str, arg: str, data_dir, split: str) -> str:
@@ -416,9 +430,11 @@ def load_corpus(
       name: "sword", "shakespeare", "pg19", "tfds:NAME" or a folder of .txt files.
       tokenizer: a `Tokenizer` from `get_tokenizer`.
       min_tokens: documents with fewer tokens are dropped.
-      max_docs: read only the first max_docs documents (before the min_tokens filter).
+      max_docs: read only the first max_docs documents (before the min_tokens filter; with
+        per_host, the first max_docs of this host's share).
       data_dir, split: for TFDS corpora.
-      per_host: keep only this host's documents (`shard_for_host`) for multi-host runs.
+      per_host: read and tokenize only this host's documents (every
+        `jax.process_count()`-th from `jax.process_index()`) for multi-host runs.
       cache: read/write the tokenized corpus under `cache_dir()/corpora`.
     """
     if not isinstance(tokenizer, Tokenizer):
@@ -431,6 +447,11 @@ def load_corpus(
     if max_docs is not None and max_docs < 1:
         raise ValueError(f"max_docs must be >= 1 or None, got {max_docs}")
     kind, arg = _resolve(name)
+    shard = (0, 1)
+    if per_host:
+        import jax
+
+        shard = (jax.process_index(), jax.process_count())
     key = hashlib.sha256(
         json.dumps(
             [
@@ -438,6 +459,7 @@ def load_corpus(
                 _fingerprint(kind, arg, data_dir, split),
                 tokenizer.name,
                 max_docs,
+                shard,
             ]
         ).encode()
     ).hexdigest()[:20]
@@ -447,7 +469,7 @@ def load_corpus(
         with np.load(path) as stored:
             tokens, offsets = stored["tokens"], stored["offsets"]
     else:
-        tokens, offsets = _tokenize_corpus(name, tokenizer, max_docs, data_dir, split)
+        tokens, offsets = _tokenize_corpus(name, tokenizer, max_docs, data_dir, split, shard)
         if cache:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
@@ -461,14 +483,14 @@ def load_corpus(
             f"no document of corpus {str(name)!r} has min_tokens={min_tokens} "
             f"tokens (the longest has {longest}); lower min_tokens"
         )
-    return shard_for_host(kept) if per_host else kept
+    return kept
 
 
-def _tokenize_corpus(name, tokenizer, max_docs, data_dir, split):
+def _tokenize_corpus(name, tokenizer, max_docs, data_dir, split, shard):
     from tqdm.auto import tqdm
 
     pieces, batch = [], []
-    documents = read_documents(name, data_dir=data_dir, split=split)
+    documents = read_documents(name, data_dir=data_dir, split=split, shard=shard)
     progress = tqdm(desc=f"tokenizing {name}", unit=" docs", total=max_docs, leave=False)
     for doc in documents:
         batch.append(doc.text)

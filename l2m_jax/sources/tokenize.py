@@ -18,6 +18,7 @@ import hashlib
 import importlib.util
 import os
 import pathlib
+import re
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -25,6 +26,7 @@ import numpy as np
 __all__ = ["Tokenizer", "cache_dir", "get_tokenizer", "train_bpe"]
 
 _WHISPER_INSTALL = "pip install --no-deps openai-whisper"
+_FORMAT = 2  # bump when a rebuilt tokenizer changes (invalidates cached JSON)
 _BOS_CANDIDATES = ("<|endoftext|>", "<s>", "<|bos|>", "<bos>")
 
 
@@ -107,15 +109,22 @@ class Tokenizer:
         """The text of each id on its own ('' for special ids; U+FFFD for partial UTF-8)."""
         if self._backend is None:
             return (*(bytes([i]).decode("utf-8", errors="replace") for i in range(256)), "")
-        to_byte = _unicode_to_byte()
         special = {int(i) for i in self._backend.get_added_tokens_decoder()}
+        byte_level = type(self._backend.decoder).__name__ == "ByteLevel"
+        to_byte = _unicode_to_byte()
         out = []
         for i in range(self.vocab_size):
             piece = self._backend.id_to_token(i)
-            if i in special or piece is None or any(c not in to_byte for c in piece):
+            if i in special or piece is None:
                 out.append("")
-            else:
-                out.append(bytes(to_byte[c] for c in piece).decode("utf-8", errors="replace"))
+            elif byte_level:  # GPT-2 style: each character stands for one byte
+                ok = all(c in to_byte for c in piece)
+                raw = bytes(to_byte[c] for c in piece) if ok else b""
+                out.append(raw.decode("utf-8", errors="replace"))
+            elif re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", piece):  # SentencePiece byte fallback
+                out.append(bytes([int(piece[3:5], 16)]).decode("utf-8", errors="replace"))
+            else:  # SentencePiece: "▁" marks a space
+                out.append(piece.replace("▁", " "))
         return tuple(out)
 
 
@@ -124,18 +133,23 @@ def _byte_level_tokenizer(
     merges: list[tuple[str, str]],
     specials: Sequence[str] = (),
     digits: bool = False,
+    split: str | None = None,
 ):
+    """Byte-level BPE; `split` replaces GPT-2's pre-tokenizer regex, `digits` splits every
+    digit apart first."""
+    from tokenizers import Regex, decoders, models, pre_tokenizers
     from tokenizers import Tokenizer as HFTokenizer
-    from tokenizers import decoders, models, pre_tokenizers
 
     backend = HFTokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
-    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    if digits:
-        backend.pre_tokenizer = pre_tokenizers.Sequence(
-            [pre_tokenizers.Digits(individual_digits=True), byte_level]
-        )
+    steps = [pre_tokenizers.Digits(individual_digits=True)] if digits else []
+    if split is None:
+        steps.append(pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True))
     else:
-        backend.pre_tokenizer = byte_level
+        steps += [
+            pre_tokenizers.Split(Regex(split), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    backend.pre_tokenizer = steps[0] if len(steps) == 1 else pre_tokenizers.Sequence(steps)
     backend.decoder = decoders.ByteLevel()
     if specials:
         backend.add_special_tokens(list(specials))
@@ -157,7 +171,7 @@ def _gpt2() -> Tokenizer:
 
     rank_file = _gpt2_rank_file()
     digest = hashlib.sha256(rank_file.read_bytes()).hexdigest()[:16]
-    cached = cache_dir() / f"tokenizer-gpt2-{digest}.json"
+    cached = cache_dir() / f"tokenizer-gpt2-v{_FORMAT}-{digest}.json"
     if cached.is_file():
         backend = HFTokenizer.from_file(str(cached))
     else:
@@ -191,7 +205,8 @@ def _from_gguf(path: pathlib.Path, name: str) -> Tokenizer:
     from tokenizers import Tokenizer as HFTokenizer
 
     stat = path.stat()
-    key = hashlib.sha256(f"{path}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    text = f"{_FORMAT}|{path}|{stat.st_size}|{stat.st_mtime_ns}"
+    key = hashlib.sha256(text.encode()).hexdigest()[:16]
     cached, meta = (cache_dir() / f"tokenizer-gguf-{key}{ext}" for ext in (".json", ".ids.json"))
     if not (cached.is_file() and meta.is_file()):
         backend, ids = _build_from_gguf(path)
@@ -199,6 +214,21 @@ def _from_gguf(path: pathlib.Path, name: str) -> Tokenizer:
         meta.write_text(json.dumps(ids))
     backend, ids = HFTokenizer.from_file(str(cached)), json.loads(meta.read_text())
     return Tokenizer(name, backend, ids["vocab_size"], bos_id=ids["bos_id"], eos_id=ids["eos_id"])
+
+
+# llama.cpp pre-tokenizer names (tokenizer.ggml.pre) of byte-level BPE files we rebuild.
+_GPT2_SPLIT = "gpt2"
+_LLAMA3_SPLIT = (
+    r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|"
+    r"\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_PRE_TOKENIZERS = {
+    None: (_GPT2_SPLIT, False),
+    "default": (_GPT2_SPLIT, False),
+    "gpt-2": (_GPT2_SPLIT, False),
+    "smollm": (_GPT2_SPLIT, True),  # digits one by one, then GPT-2's split
+    "llama-bpe": (_LLAMA3_SPLIT, False),  # Llama 3
+}
 
 
 def _build_from_gguf(path: pathlib.Path):
@@ -210,22 +240,79 @@ def _build_from_gguf(path: pathlib.Path):
         return fields[key].contents() if key in fields else default
 
     model = get("tokenizer.ggml.model")
-    if model != "gpt2":
-        raise ValueError(
-            f"{path}: tokenizer.ggml.model is {model!r}; only byte-level BPE ('gpt2') "
-            "tokenizers can be rebuilt from GGUF here"
-        )
     tokens = get("tokenizer.ggml.tokens")
+    if tokens is None:
+        raise ValueError(f"{path} holds no tokenizer (tokenizer.ggml.tokens is missing)")
     types = get("tokenizer.ggml.token_type", [1] * len(tokens))
-    merges = [tuple(m.split(" ", 1)) for m in get("tokenizer.ggml.merges")]
-    vocab = {t: i for i, t in enumerate(tokens)}
-    specials = [t for t, kind in zip(tokens, types, strict=True) if kind in (3, 4)]
-    # llama.cpp's "smollm" (and similar) pre-tokenizers split digits one by one.
-    digits = get("tokenizer.ggml.pre") in ("smollm", "starcoder", "refact", "llama3", "qwen2")
-    backend = _byte_level_tokenizer(vocab, merges, specials, digits=digits)
+    if model == "gpt2":
+        pre = get("tokenizer.ggml.pre")
+        if pre not in _PRE_TOKENIZERS:
+            raise ValueError(
+                f"{path}: pre-tokenizer {pre!r} is not supported; known: "
+                f"{sorted(k for k in _PRE_TOKENIZERS if k)}"
+            )
+        split, digits = _PRE_TOKENIZERS[pre]
+        merges = [tuple(m.split(" ", 1)) for m in get("tokenizer.ggml.merges")]
+        vocab = {t: i for i, t in enumerate(tokens)}
+        specials = [t for t, kind in zip(tokens, types, strict=True) if kind in (3, 4)]
+        backend = _byte_level_tokenizer(
+            vocab, merges, specials, digits=digits, split=None if split == _GPT2_SPLIT else split
+        )
+    elif model == "llama":
+        scores = get("tokenizer.ggml.scores")
+        if scores is None:
+            raise ValueError(f"{path}: a SentencePiece tokenizer needs tokenizer.ggml.scores")
+        backend = _sentencepiece_tokenizer(
+            tokens, scores, types, add_prefix=bool(get("tokenizer.ggml.add_space_prefix", True))
+        )
+    else:
+        raise ValueError(
+            f"{path}: tokenizer.ggml.model is {model!r}; only byte-level BPE ('gpt2') and "
+            "SentencePiece BPE ('llama') tokenizers can be rebuilt from GGUF here"
+        )
     ids = {k: get(f"tokenizer.ggml.{k}_token_id") for k in ("bos", "eos")}
     ids = {f"{k}_id": None if v is None else int(v) for k, v in ids.items()}
     return backend, {**ids, "vocab_size": len(tokens)}
+
+
+def _sentencepiece_tokenizer(tokens, scores, types, *, add_prefix: bool):
+    """SentencePiece BPE (llama.cpp's "llama" vocabulary): spaces become "▁", pairs merge in
+    order of the merged piece's score, unknown characters fall back to <0xXX> byte pieces."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, normalizers
+
+    normal = {
+        t: (s, i)
+        for i, (t, s, k) in enumerate(zip(tokens, scores, types, strict=True))
+        if k in (1, 4)
+    }
+    merges = []
+    for token, (score, i) in normal.items():
+        for cut in range(1, len(token)):
+            left, right = token[:cut], token[cut:]
+            if left in normal and right in normal:
+                merges.append((-score, i, left, right))
+    merges.sort()
+    vocab = {t: i for i, t in enumerate(tokens)}
+    unk = next((t for t, k in zip(tokens, types, strict=True) if k == 2), None)
+    backend = HFTokenizer(
+        models.BPE(
+            vocab=vocab,
+            merges=[(a, b) for *_, a, b in merges],
+            unk_token=unk,
+            byte_fallback=True,
+            fuse_unk=True,
+        )
+    )
+    steps = [normalizers.Prepend("▁")] if add_prefix else []
+    backend.normalizer = normalizers.Sequence([*steps, normalizers.Replace(" ", "▁")])
+    strip = [decoders.Strip(" ", 1, 0)] if add_prefix else []
+    backend.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), *strip]
+    )
+    specials = [t for t, k in zip(tokens, types, strict=True) if k in (2, 3)]
+    backend.add_special_tokens(specials)
+    return backend
 
 
 def _bpe_file(path: pathlib.Path, name: str) -> Tokenizer:
