@@ -1,0 +1,484 @@
+"""Exact n-gram and distance-d pair counts over token streams made of documents.
+
+An event is a tuple of tokens at fixed offsets from a start position i inside one document:
+(w_i, w_{i+d}) for a pair at distance d, (w_i, …, w_{i+n−1}) for an n-gram. Events never cross
+a document boundary. Each kind of event is counted into a `CountTable`: its distinct keys
+(the tuple packed in base V, first token most significant) in ascending order, and their
+counts. Keys are uint32 while V^arity < 2^32 (V ≤ 65 535 for pairs) and uint64 otherwise, so
+vocabularies up to 2^32 − 1 work for pairs.
+
+The corpus streams through in chunks of `chunk_tokens` start positions (each chunk carries a
+halo of the following tokens for the events that start near its end), so it never has to be
+in memory at once: documents may come from any iterable. Each chunk's tables are merged into
+running tables (sorted merges of (key, count) tables). Many distances share one pass.
+
+Two implementations of the per-chunk count, chosen by `implementation`:
+  "numpy"  host NumPy: sort of packed keys + run lengths, or a dense bincount when V^arity is
+           small. The fastest exact count on CPU (XLA's CPU sort is ~4× slower than NumPy's).
+  "xla"    jitted sort + run lengths, the chunk split across `devices` (all local devices by
+           default) with `jax.shard_map`; each device counts its slice, the host merges.
+  "auto"   "numpy" when JAX's default backend is the CPU, "xla" on GPU/TPU.
+Both give identical tables.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Iterator, Sequence
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+__all__ = ["CountTable", "PairCounts", "count_ngrams", "count_pairs"]
+
+IMPLEMENTATIONS = ("auto", "numpy", "xla")
+_DENSE_LIMIT = 1 << 22  # dense bincount when V^arity is at most this (and ≤ the chunk)
+_U32_SENTINEL = np.uint32(0xFFFFFFFF)  # sorts after every packed uint32 key (< 2^32 − 1)
+_I32_SENTINEL = np.int32(np.iinfo(np.int32).max)  # sorts after every token id digit
+
+
+class CountTable(NamedTuple):
+    """Counts of the distinct keys of one kind of event.
+
+    Attributes:
+      keys: [M] uint32 or uint64, ascending and distinct; the event (t_0, …, t_{k−1})
+        packed as Σ_j t_j · V^(k−1−j).
+      counts: [M] int64, positive.
+    """
+
+    keys: np.ndarray
+    counts: np.ndarray
+
+    @property
+    def total(self) -> int:
+        return int(self.counts.sum())
+
+
+class PairCounts(NamedTuple):
+    """Counts of ordered token pairs (w_i, w_{i+d}) within documents, for several distances.
+
+    Attributes:
+      distances: the distances d, ascending.
+      vocab_size: V; a pair (a, b) has key a·V + b.
+      tables: one `CountTable` per distance.
+      unigrams: [V] int64, how often each token occurs.
+      tokens: number of tokens counted.
+      documents: number of non-empty documents.
+    """
+
+    distances: tuple[int, ...]
+    vocab_size: int
+    tables: tuple[CountTable, ...]
+    unigrams: np.ndarray
+    tokens: int
+    documents: int
+
+
+# ----------------------------------------------------------------------------- input handling
+
+
+def _as_documents(tokens_or_docs) -> Iterable:
+    """One array is one document ([T]) or a batch of documents ([B, T]); else an iterable."""
+    if isinstance(tokens_or_docs, (np.ndarray, jax.Array)):
+        arr = np.asarray(tokens_or_docs)
+        if arr.ndim == 1:
+            return [arr]
+        if arr.ndim == 2:
+            return list(arr)
+        raise ValueError(
+            f"tokens must be [T] (one document) or [B, T] (B documents), got shape {arr.shape}"
+        )
+    if isinstance(tokens_or_docs, (str, bytes)):
+        raise TypeError("tokens_or_docs must hold integer token ids, not text; tokenize first")
+    return tokens_or_docs
+
+
+def _check_document(doc, vocab_size: int | None, index: int) -> np.ndarray:
+    arr = np.asarray(doc)
+    if arr.ndim != 1:
+        raise ValueError(f"document {index} must be a 1-D array of token ids, got {arr.shape}")
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"document {index} must hold integer token ids, got dtype {arr.dtype}")
+    if arr.size:
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 0:
+            raise ValueError(f"document {index} holds a negative token id ({lo}); ids are ≥ 0")
+        if vocab_size is not None and hi >= vocab_size:
+            raise ValueError(
+                f"document {index} holds token id {hi}, outside the vocabulary "
+                f"(vocab_size={vocab_size}); pass the tokenizer's vocabulary size"
+            )
+    return arr
+
+
+def _resolve(tokens_or_docs, vocab_size):
+    """(documents, vocab_size, known total tokens or None); infers V from a materialised list."""
+    docs = _as_documents(tokens_or_docs)
+    if vocab_size is not None:
+        if not isinstance(vocab_size, (int, np.integer)) or not 1 <= vocab_size < 2**32:
+            raise ValueError(f"vocab_size must be an integer in [1, 2^32), got {vocab_size!r}")
+        vocab_size = int(vocab_size)
+    if isinstance(docs, Sequence):
+        docs = [_check_document(d, vocab_size, i) for i, d in enumerate(docs)]
+        total = sum(d.size for d in docs)
+        if total == 0:
+            raise ValueError("empty input: no tokens to count")
+        if vocab_size is None:
+            vocab_size = 1 + max(int(d.max()) for d in docs if d.size)
+        return docs, vocab_size, total
+    if vocab_size is None:
+        raise ValueError(
+            "vocab_size is required when documents come from an iterator (it cannot be "
+            "inferred without a second pass); pass vocab_size=…"
+        )
+    return docs, vocab_size, None
+
+
+def _key_dtype(vocab_size: int, arity: int):
+    if vocab_size**arity < 0xFFFFFFFF:  # keys stay below the sentinel 2^32 − 1
+        return np.uint32
+    if vocab_size**arity < 0xFFFFFFFFFFFFFFFF:
+        return np.uint64
+    raise ValueError(
+        f"{arity}-token events over vocab_size={vocab_size} need keys above 64 bits; "
+        "use a smaller n"
+    )
+
+
+class _Chunk(NamedTuple):
+    tokens: np.ndarray  # [starts + halo'] token ids (the key dtype)
+    remaining: np.ndarray  # [same] int32: tokens after this one in its document, capped at halo
+    starts: int  # events start at positions [0, starts)
+
+
+def _chunks(docs: Iterable, vocab_size: int, key_dtype, chunk: int, halo: int) -> Iterator:
+    """Yields `_Chunk`s covering every start position once; returns (tokens, documents)."""
+    buf_tok: list[np.ndarray] = []
+    buf_rem: list[np.ndarray] = []
+    size = tokens = documents = 0
+    for i, doc in enumerate(docs):
+        doc = _check_document(doc, vocab_size, i)
+        n = doc.size
+        if n == 0:
+            continue
+        tokens += n
+        documents += 1
+        buf_tok.append(doc.astype(key_dtype, copy=False))
+        buf_rem.append(np.minimum(np.arange(n - 1, -1, -1), halo).astype(np.int32))
+        size += n
+        while size >= chunk + halo:
+            tok, rem = np.concatenate(buf_tok), np.concatenate(buf_rem)
+            yield _Chunk(tok[: chunk + halo], rem[: chunk + halo], chunk)
+            buf_tok, buf_rem, size = [tok[chunk:]], [rem[chunk:]], size - chunk
+    if size:  # the rest (< chunk + halo starts), padded so every offset slice is full
+        tok = np.concatenate([*buf_tok, np.zeros(halo, key_dtype)])
+        rem = np.concatenate([*buf_rem, np.full(halo, -1, np.int32)])
+        for lo in range(0, size, chunk):
+            starts = min(chunk, size - lo)
+            yield _Chunk(tok[lo : lo + starts + halo], rem[lo : lo + starts + halo], starts)
+    if tokens == 0:
+        raise ValueError("empty input: no tokens to count")
+    return tokens, documents
+
+
+# ---------------------------------------------------------------------------- table algebra
+
+
+def _run_lengths(sorted_keys: np.ndarray) -> CountTable:
+    if sorted_keys.size == 0:
+        return CountTable(sorted_keys, np.zeros(0, np.int64))
+    new = np.empty(sorted_keys.size, bool)
+    new[0] = True
+    np.not_equal(sorted_keys[1:], sorted_keys[:-1], out=new[1:])
+    starts = np.flatnonzero(new)
+    counts = np.empty(starts.size, np.int64)
+    np.subtract(starts[1:], starts[:-1], out=counts[:-1])
+    counts[-1] = sorted_keys.size - starts[-1]
+    return CountTable(sorted_keys[starts], counts)
+
+
+def _merge(tables: list[CountTable]) -> CountTable:
+    """Sum of count tables (union of keys, counts added)."""
+    tables = [t for t in tables if t.keys.size]
+    if len(tables) <= 1:
+        return tables[0] if tables else CountTable(np.zeros(0, np.uint32), np.zeros(0, np.int64))
+    keys = np.concatenate([t.keys for t in tables])
+    counts = np.concatenate([t.counts for t in tables])
+    order = np.argsort(keys, kind="stable")
+    keys, counts = keys[order], counts[order]
+    starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
+    return CountTable(keys[starts], np.add.reduceat(counts, starts))
+
+
+class _Accumulator:
+    """Running table; chunk tables are merged once they outweigh it (amortised O(log))."""
+
+    def __init__(self):
+        self.table = CountTable(np.zeros(0, np.uint32), np.zeros(0, np.int64))
+        self.pending: list[CountTable] = []
+        self.pending_size = 0
+
+    def add(self, table: CountTable) -> None:
+        self.pending.append(CountTable(table.keys, table.counts.astype(np.int64, copy=False)))
+        self.pending_size += table.keys.size
+        if self.pending_size >= self.table.keys.size:
+            self.flush()
+
+    def flush(self) -> CountTable:
+        if self.pending:
+            self.table = _merge([self.table, *self.pending])
+            self.pending, self.pending_size = [], 0
+        return self.table
+
+
+# ------------------------------------------------------------------------ per-chunk counting
+
+
+def _numpy_tables(chunk: _Chunk, patterns, vocab_size: int) -> list[CountTable]:
+    """Counts a chunk on the host, reusing one key buffer and one mask for all patterns."""
+    n, dtype = chunk.starts, chunk.tokens.dtype
+    base, sentinel = dtype.type(vocab_size), np.iinfo(dtype).max
+    key = np.empty(n, dtype)
+    invalid = np.empty(n, bool)
+    out = []
+    for offsets in patterns:
+        first, *rest = offsets
+        if rest:
+            np.multiply(chunk.tokens[first : first + n], base, out=key)
+        else:
+            np.copyto(key, chunk.tokens[first : first + n])
+        for j, off in enumerate(rest):  # Horner: ((t0·V + t1)·V + t2)…
+            if j:
+                key *= base
+            key += chunk.tokens[off : off + n]
+        np.less(chunk.remaining[:n], offsets[-1], out=invalid)
+        space = vocab_size ** len(offsets)
+        if space <= min(_DENSE_LIMIT, max(n, 1 << 12)):  # dense bincount, invalid → bin `space`
+            np.copyto(key, dtype.type(space), where=invalid)
+            dense = np.bincount(key, minlength=space + 1)[:space]
+            nz = np.flatnonzero(dense)
+            out.append(CountTable(nz.astype(dtype), dense[nz]))
+        else:  # sort in place; invalid starts carry the sentinel and sort to the end
+            np.copyto(key, sentinel, where=invalid)
+            key.sort()
+            out.append(_run_lengths(key[: n - np.count_nonzero(invalid)]))
+    return out
+
+
+def _xla_shard(tok_1xW, rem_1xW, offsets_KxA, *, starts: int, vocab_size: int, packed: bool):
+    """Counts one device's slice: sorted distinct keys, their counts, and the number of them."""
+    tok_W, rem_W = tok_1xW[0], rem_1xW[0]
+    arity = offsets_KxA.shape[1]
+
+    def one(offsets_A):
+        digits = [jax.lax.dynamic_slice(tok_W, (offsets_A[j],), (starts,)) for j in range(arity)]
+        valid_S = rem_W[:starts] >= offsets_A[arity - 1]
+        if packed:
+            key_S = digits[0].astype(jnp.uint32)
+            for d in digits[1:]:
+                key_S = key_S * jnp.uint32(vocab_size) + d.astype(jnp.uint32)
+            keys = (jnp.sort(jnp.where(valid_S, key_S, _U32_SENTINEL)),)
+        else:
+            masked = [jnp.where(valid_S, d, _I32_SENTINEL) for d in digits]
+            keys = tuple(jax.lax.sort(masked, num_keys=arity))
+        change_S = functools.reduce(jnp.logical_or, [k[1:] != k[:-1] for k in keys])
+        new_S = jnp.concatenate([jnp.ones((1,), bool), change_S])
+        first_S = jnp.nonzero(new_S, size=starts, fill_value=starts)[0]
+        counts_S = jnp.diff(first_S, append=jnp.full((1,), starts, first_S.dtype))
+        uniq = tuple(k[jnp.minimum(first_S, starts - 1)] for k in keys)
+        runs = new_S.sum() - (valid_S.sum() < starts)  # the sentinel run is last: drop it
+        return uniq, counts_S.astype(jnp.int32), runs.astype(jnp.int32)
+
+    uniq, counts_KxS, runs_K = jax.vmap(one)(offsets_KxA)
+    return tuple(u[None] for u in uniq), counts_KxS[None], runs_K[None]
+
+
+@functools.lru_cache(maxsize=16)
+def _xla_counter(devices: tuple, starts: int, vocab_size: int, arity: int, packed: bool):
+    mesh = jax.sharding.Mesh(np.array(devices), ("shard",))
+    body = functools.partial(_xla_shard, starts=starts, vocab_size=vocab_size, packed=packed)
+    keys_spec = (P("shard"),) * (1 if packed else arity)
+    fn = jax.shard_map(
+        body,
+        mesh=mesh,
+        in_specs=(P("shard"), P("shard"), P()),
+        out_specs=(keys_spec, P("shard"), P("shard")),
+    )
+    return jax.jit(fn), NamedSharding(mesh, P("shard"))
+
+
+def _xla_tables(chunk: _Chunk, patterns, vocab_size, devices, per_device, halo, key_dtype):
+    """Counts a chunk on the devices: each gets `per_device` starts plus a halo of tokens."""
+    shards, arity = len(devices), len(patterns[0])
+    packed = key_dtype == np.uint32
+    width = per_device + halo
+    tok_SxW = np.zeros((shards, width), np.uint32 if packed else np.int32)
+    rem_SxW = np.full((shards, width), -1, np.int32)
+    for s in range(shards):
+        lo = s * per_device
+        hi = min(lo + width, chunk.tokens.size)
+        if lo >= chunk.starts:
+            break
+        tok_SxW[s, : hi - lo] = chunk.tokens[lo:hi]
+        rem_SxW[s, : hi - lo] = chunk.remaining[lo:hi]
+        rem_SxW[s, max(chunk.starts - lo, 0) :] = -1  # starts beyond the chunk belong to the next
+    fn, sharding = _xla_counter(tuple(devices), per_device, vocab_size, arity, packed)
+    offsets_KxA = np.asarray(patterns, np.int32)
+    uniq, counts_SxKxN, runs_SxK = jax.device_get(
+        fn(jax.device_put(tok_SxW, sharding), jax.device_put(rem_SxW, sharding), offsets_KxA)
+    )
+    out = []
+    for k in range(len(patterns)):
+        parts = []
+        for s in range(shards):
+            m = int(runs_SxK[s, k])
+            if packed:
+                keys = uniq[0][s, k, :m].astype(np.uint32)
+            else:
+                keys = np.zeros(m, np.uint64)
+                for digit in uniq:
+                    keys = keys * np.uint64(vocab_size) + digit[s, k, :m].astype(np.uint64)
+            parts.append(CountTable(keys, counts_SxKxN[s, k, :m].astype(np.int64)))
+        out.append(_merge(parts))
+    return out
+
+
+# ------------------------------------------------------------------------------ entry points
+
+
+def _count(
+    tokens_or_docs, patterns, vocab_size, *, chunk_tokens, implementation, devices, progress
+):
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+    if implementation == "auto":
+        implementation = "numpy" if jax.default_backend() == "cpu" else "xla"
+    if not isinstance(chunk_tokens, (int, np.integer)) or chunk_tokens < 1:
+        raise ValueError(f"chunk_tokens must be a positive integer, got {chunk_tokens!r}")
+    docs, vocab_size, total = _resolve(tokens_or_docs, vocab_size)
+    arity = len(patterns[0])
+    key_dtype = _key_dtype(vocab_size, arity)
+    halo = max(p[-1] for p in patterns)
+    if implementation == "xla":
+        devices = list(jax.local_devices() if devices is None else devices)
+        if not devices:
+            raise ValueError("devices is empty; pass None (all local devices) or a list")
+        if key_dtype != np.uint32 and vocab_size > _I32_SENTINEL:
+            raise ValueError(
+                f'implementation="xla" handles vocab_size < 2^31, got {vocab_size}; use "numpy"'
+            )
+        per_device = -(-int(chunk_tokens) // len(devices))
+        if total is not None:  # a small input gets a small (power-of-two) chunk
+            per_device = min(per_device, 1 << (-(-total // len(devices)) - 1).bit_length())
+        halo = 1 << max(halo - 1, 0).bit_length()  # few distinct shapes to compile
+        chunk_tokens = per_device * len(devices)
+    accumulators = [_Accumulator() for _ in patterns]
+    unigrams = np.zeros(vocab_size, np.int64)
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, unit="tok", unit_scale=True, delay=2.0, disable=not progress)
+    stream = _chunks(docs, vocab_size, key_dtype, int(chunk_tokens), halo)
+    while True:
+        try:
+            chunk = next(stream)
+        except StopIteration as stop:
+            tokens, documents = stop.value
+            break
+        ids = chunk.tokens[: chunk.starts]
+        unigrams += np.bincount(
+            ids if ids.dtype == np.uint32 else ids.astype(np.intp), minlength=vocab_size
+        )
+        if implementation == "numpy":
+            tables = _numpy_tables(chunk, patterns, vocab_size)
+        else:
+            tables = _xla_tables(chunk, patterns, vocab_size, devices, per_device, halo, key_dtype)
+        for acc, table in zip(accumulators, tables, strict=True):
+            acc.add(table)
+        bar.update(chunk.starts)
+    bar.close()
+    tables = tuple(
+        CountTable(t.keys.astype(key_dtype, copy=False), t.counts)
+        for t in (acc.flush() for acc in accumulators)
+    )
+    return tables, vocab_size, unigrams, tokens, documents
+
+
+def _check_distances(distances) -> tuple[int, ...]:
+    ds = np.atleast_1d(np.asarray(distances))
+    if ds.size == 0:
+        raise ValueError("distances is empty; pass at least one distance d ≥ 1")
+    if not np.issubdtype(ds.dtype, np.integer) or ds.ndim != 1:
+        raise ValueError(f"distances must be a 1-D list of integers, got {distances!r}")
+    if ds.min() < 1:
+        raise ValueError(f"distances must be ≥ 1, got {int(ds.min())}")
+    if np.unique(ds).size != ds.size:
+        raise ValueError(f"distances must be distinct, got {ds.tolist()}")
+    return tuple(sorted(int(d) for d in ds))
+
+
+def count_pairs(
+    tokens_or_docs,
+    distances,
+    vocab_size: int | None = None,
+    *,
+    chunk_tokens: int = 1 << 24,
+    implementation: str = "auto",
+    devices: Sequence[jax.Device] | None = None,
+    progress: bool = True,
+) -> PairCounts:
+    """Counts ordered pairs (w_i, w_{i+d}) inside documents for every distance, in one pass.
+
+    Args:
+      tokens_or_docs: [T] int array (one document), [B, T] (B documents), a list of 1-D
+        arrays, or any iterable of them (streamed; then `vocab_size` is required).
+      distances: distinct integers d ≥ 1.
+      vocab_size: V; token ids must lie in [0, V). Inferred as max id + 1 if None.
+      chunk_tokens: start positions per chunk (bounds memory: ~12 bytes × chunk per distance).
+      implementation: "auto", "numpy" or "xla" (see the module docstring).
+      devices: devices the "xla" path shards each chunk over (default: all local devices).
+      progress: show a progress bar for runs longer than 2 s.
+    """
+    distances = _check_distances(distances)
+    tables, vocab_size, unigrams, tokens, documents = _count(
+        tokens_or_docs,
+        [(0, d) for d in distances],
+        vocab_size,
+        chunk_tokens=chunk_tokens,
+        implementation=implementation,
+        devices=devices,
+        progress=progress,
+    )
+    return PairCounts(distances, vocab_size, tables, unigrams, tokens, documents)
+
+
+def count_ngrams(
+    tokens_or_docs,
+    n: int,
+    vocab_size: int | None = None,
+    *,
+    chunk_tokens: int = 1 << 24,
+    implementation: str = "auto",
+    devices: Sequence[jax.Device] | None = None,
+    progress: bool = True,
+) -> CountTable:
+    """Counts the n-grams (w_i, …, w_{i+n−1}) inside documents; keys packed in base V.
+
+    Arguments as for `count_pairs`; `n` ≥ 1 with V^n < 2^64.
+    """
+    if not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    (table,), *_ = _count(
+        tokens_or_docs,
+        [tuple(range(int(n)))],
+        vocab_size,
+        chunk_tokens=chunk_tokens,
+        implementation=implementation,
+        devices=devices,
+        progress=progress,
+    )
+    return table
