@@ -92,7 +92,8 @@ class Tokenizer:
         """Encodes many texts (in parallel threads for BPE) into int32 arrays."""
         if self._backend is None:
             return [np.frombuffer(t.encode("utf-8"), np.uint8).astype(np.int32) for t in texts]
-        encodings = self._backend.encode_batch_fast(list(texts), add_special_tokens=False)
+        encode = getattr(self._backend, "encode_batch_fast", self._backend.encode_batch)  # >=0.21
+        encodings = encode(list(texts), add_special_tokens=False)
         return [np.asarray(e.ids, np.int32) for e in encodings]
 
     def decode(self, ids: Iterable[int]) -> str:
