@@ -107,3 +107,30 @@ def test_bad_input():
         two_point_mi(np.array([0, 5, 1]), [1], vocab_size=5)
     with pytest.raises(ValueError, match="empty"):
         two_point_mi([], [1], vocab_size=3)
+
+
+def test_cli_on_a_token_file_and_a_source(tmp_path, capsys):
+    import json
+
+    from l2m_jax.cli import main
+
+    rng = np.random.default_rng(2)
+    docs = {f"doc{i}": rng.integers(0, 20, n) for i, n in enumerate([300, 50, 900])}
+    np.savez(tmp_path / "docs.npz", **docs)
+    out = tmp_path / "tp.json"
+    argv = ["two-point", "--tokens", str(tmp_path / "docs.npz"), "--distances", "1-6"]
+    assert main([*argv, "--json", str(out), "--plot", str(tmp_path / "tp.png"), "--quiet"]) == 0
+    res = json.loads(out.read_text())
+    want = two_point_mi(list(docs.values()), range(1, 7))
+    np.testing.assert_allclose(res["mi"], want.mi, rtol=1e-12)
+    assert res["tokens"] == 1250 and res["documents"] == 3
+    assert (tmp_path / "tp.png").stat().st_size > 0
+    assert main(["two-point", "--source", "markov", "--docs", "20", "--length", "100",
+                 "--distances", "1,2", "--quiet"]) == 0  # fmt: skip
+    assert "exact" in capsys.readouterr().out
+    # bad input: one clear line, exit status 2
+    np.save(tmp_path / "neg.npy", np.array([3, -1, 2]))
+    assert main(["two-point", "--tokens", str(tmp_path / "neg.npy"), "--distances", "1"]) == 2
+    assert "negative token id" in capsys.readouterr().err
+    assert main(["two-point", "--distances", "1"]) == 2
+    assert "exactly one of" in capsys.readouterr().err
