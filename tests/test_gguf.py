@@ -249,9 +249,9 @@ def test_sharded_params_score_like_unsharded_ones(tiny):
     from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
     path, _, tok = tiny
-    model = pretrained.load(str(path))
     mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
-    params = pretrained.shard_params(model.params, mesh)
+    model = pretrained.load(str(path))
+    params = pretrained.load(str(path), mesh=mesh).params  # placed from the host
     wq = params["layers"]["attn"]["wq"]
     assert wq.sharding.spec == PartitionSpec(None, None, "model")
     assert wq.addressable_shards[0].data.shape == (N_LAYERS, D, H * E // 4)

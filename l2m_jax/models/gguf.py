@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import numpy as np
@@ -43,10 +44,11 @@ _LAYER_TENSORS = (
 
 
 class GGUFContents(NamedTuple):
-    """metadata: key -> Python value (tokenizer arrays left out); tensors: name -> float32."""
+    """metadata: key -> Python value (tokenizer arrays left out); tensors: name -> float32
+    array in GGUF's [out, in] order, dequantised when looked up."""
 
     metadata: dict
-    tensors: dict[str, np.ndarray]
+    tensors: Mapping[str, np.ndarray]
 
 
 def read_gguf(path: str | os.PathLike, *, tensors: bool = True) -> GGUFContents:
@@ -67,18 +69,34 @@ def read_gguf(path: str | os.PathLike, *, tensors: bool = True) -> GGUFContents:
         "tokenizer.ggml.scores",
     )
     metadata = {k: f.contents() for k, f in reader.fields.items() if k not in skip}
-    out = {}
-    if tensors:
-        for t in reader.tensors:
-            try:
-                values = gguf.quants.dequantize(t.data, t.tensor_type)
-            except NotImplementedError as err:
-                raise ValueError(
-                    f"{path}: tensor {t.name} has type {t.tensor_type.name}, which "
-                    f"the installed gguf package cannot dequantise: {err}"
-                ) from err
-            out[t.name] = np.asarray(values, np.float32).reshape(tuple(reversed(t.shape)))
-    return GGUFContents(metadata, out)
+    return GGUFContents(metadata, _Dequantized(path, reader) if tensors else {})
+
+
+class _Dequantized(Mapping):
+    """name -> float32 array, dequantised on each access (peak memory: one tensor)."""
+
+    def __init__(self, path: pathlib.Path, reader):
+        self._path = path
+        self._tensors = {t.name: t for t in reader.tensors}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        import gguf
+
+        t = self._tensors[name]
+        try:
+            values = gguf.quants.dequantize(t.data, t.tensor_type)
+        except NotImplementedError as err:
+            raise ValueError(
+                f"{self._path}: tensor {name} has type {t.tensor_type.name}, which the "
+                f"installed gguf package cannot dequantise: {err}"
+            ) from err
+        return np.asarray(values, np.float32).reshape(tuple(reversed(t.shape.tolist())))
+
+    def __iter__(self):
+        return iter(self._tensors)
+
+    def __len__(self) -> int:
+        return len(self._tensors)
 
 
 def unpermute_qk(w_OxI: np.ndarray, n_heads: int) -> np.ndarray:
@@ -143,8 +161,9 @@ def llama_config(
     return TransformerConfig(**fields)
 
 
-def llama_params(config: TransformerConfig, tensors: dict[str, np.ndarray]) -> dict:
-    """Maps GGUF tensors (float32, [out, in]) onto the transformer's param pytree."""
+def llama_params(config: TransformerConfig, tensors: Mapping[str, np.ndarray]) -> dict:
+    """Maps GGUF tensors (float32, [out, in]) onto the transformer's param pytree (NumPy
+    float32 arrays on the host; `jax.device_put` or `pretrained.shard_params` them)."""
     n, H, K = config.n_layers, config.n_heads, config.kv_heads
     expected = {"token_embd.weight", "output_norm.weight"}
     expected |= {f"blk.{i}.{t}.weight" for i in range(n) for t in _LAYER_TENSORS}
@@ -197,19 +216,14 @@ def llama_params(config: TransformerConfig, tensors: dict[str, np.ndarray]) -> d
     }
     if want != got:
         raise ValueError(f"GGUF tensor shapes {got} do not match the metadata's {want}")
-    import jax.numpy as jnp
-
-    return _tree_map(lambda a: jnp.asarray(a, jnp.float32), params)
-
-
-def _tree_map(fn, tree):
-    if isinstance(tree, dict):
-        return {k: _tree_map(fn, v) for k, v in tree.items()}
-    return fn(tree)
+    return params
 
 
 def load_llama_gguf(path: str | os.PathLike, **overrides) -> tuple[TransformerConfig, dict]:
     """(config, params) of a Llama-family GGUF file; `overrides` replace config fields."""
+    import jax
+    import jax.numpy as jnp
+
     metadata, tensors = read_gguf(path)
     config = llama_config(metadata, tensors, **overrides)
-    return config, llama_params(config, tensors)
+    return config, jax.tree.map(jnp.asarray, llama_params(config, tensors))

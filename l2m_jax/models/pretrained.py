@@ -68,7 +68,12 @@ def locate(name: str) -> pathlib.Path:
 
 
 def load(
-    name: str | os.PathLike = "smollm2", *, max_len: int | None = None, bos_id: int | None = None
+    name: str | os.PathLike = "smollm2",
+    *,
+    max_len: int | None = None,
+    bos_id: int | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    model_axis: str | None = "model",
 ) -> PretrainedModel:
     """Loads a known model ("smollm2") or a Llama-family .gguf file as float32 params.
 
@@ -77,6 +82,8 @@ def load(
       max_len: the longest sequence (BOS included) logprob_fn will score; at most the model's
         context length (the default).
       bos_id: the token logprob_fn prepends; default: the file's BOS id.
+      mesh, model_axis: place the params straight from the host onto `mesh` with
+        `shard_params` (for models too big for one device); default: the default device.
     """
     from l2m_jax import models
     from l2m_jax.sources.tokenize import get_tokenizer
@@ -97,8 +104,12 @@ def load(
     metadata, tensors = _gguf.read_gguf(path)
     overrides = {} if bos_id is None else {"bos_id": int(bos_id)}
     config = _gguf.llama_config(metadata, tensors, **overrides)
-    params = _gguf.llama_params(config, tensors)
-    del tensors
+    host_params = _gguf.llama_params(config, tensors)
+    if mesh is None:
+        params = jax.tree.map(jax.numpy.asarray, host_params)
+    else:
+        params = shard_params(host_params, mesh, model_axis=model_axis)
+    del tensors, host_params
     arch = metadata["general.architecture"]
     context = int(metadata.get(f"{arch}.context_length", 2048))
     if max_len is None:

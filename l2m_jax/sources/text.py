@@ -1,7 +1,8 @@
 """Text corpora as tokenized documents, chunked at sentence starts, sharded across hosts.
 
-    docs = load_corpus("sword", tokenizer=get_tokenizer("gpt2"))   # list of int32 arrays
-    x_NxL = chunk_documents(docs, 1024, tokenizer=tok)             # rows start at sentences
+    tok = get_tokenizer("gpt2")
+    docs = load_corpus("sword", tokenizer=tok)           # list of int32 arrays, one per book
+    x_NxL = chunk_documents(docs, 1024, tokenizer=tok)   # [N, 1024], rows start at sentences
 
 Corpora (all offline except PG19):
   "sword"        the Debian SWORD modules (KJV, WEB, Treasury of David, Matthew Henry,
