@@ -34,6 +34,8 @@ def test_scoring_plan_scores_only_what_the_estimates_use():
     plan = scoring_plan([2, 100], 3)
     assert plan.passes[0].scored == ((2, 6), (100, 300))
     assert plan.passes[1].scored == ((0, 4),) and plan.passes[4].scored == ((100, 300),)
+    with pytest.raises(ValueError, match=r"splits \[1024\] need r·ℓ up to 4096"):
+        scoring_plan(2 ** np.arange(1, 11), 4, length=2048)
 
 
 def test_derangement():

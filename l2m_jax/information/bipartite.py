@@ -148,7 +148,14 @@ def scoring_plan(splits, ratio: int = 2, *, length: int | None = None) -> Scorin
     splits = _check_splits(splits)
     ratio = _check_int("ratio", ratio, 2)
     need = ratio * splits[-1]
-    length = need if length is None else _check_int("length", length, need)
+    if length is None:
+        length = need
+    elif _check_int("length", length, 1) < need:
+        too_long = [ell for ell in splits if ratio * ell > length]
+        raise ValueError(
+            f"splits {too_long} need r·ℓ up to {need} tokens at ratio {ratio}, beyond "
+            f"length={length}; drop those splits or raise the length"
+        )
     ranges: list[list[int]] = []
     for ell in splits:  # union of [ℓ, rℓ), merged (splits ascend, so starts ascend)
         if ranges and ell <= ranges[-1][1]:
