@@ -5,9 +5,11 @@
     tok.decode(ids), tok.vocab_size, tok.bos_id, tok.name
 
 "gpt2" rebuilds GPT-2's byte-level BPE from the `gpt2.tiktoken` rank file that the
-openai-whisper package ships (located, never imported); "smollm2" rebuilds SmolLM2's BPE from
-the vocabulary and merges stored in its GGUF file; `train_bpe` trains a byte-level BPE on a
-corpus with the `tokenizers` library and saves it as JSON for "bpe:PATH".
+openai-whisper package ships (located, never imported); "smollm2" and "gguf:PATH" rebuild a
+model's tokenizer from the vocabulary stored in its GGUF file (byte-level BPE with merges, or
+SentencePiece BPE with scores); `train_bpe` trains a byte-level BPE on a corpus with the
+`tokenizers` library and saves it as JSON for "bpe:PATH". Rebuilt tokenizers are cached as
+JSON under `cache_dir()`.
 """
 
 from __future__ import annotations
@@ -38,6 +40,13 @@ def cache_dir() -> pathlib.Path:
     path = pathlib.Path(root)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def _write_atomic(path: pathlib.Path, text: str) -> None:
+    """Writes `text` so that concurrent readers see the old file or the whole new one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 @functools.cache
@@ -195,7 +204,7 @@ def _gpt2() -> Tokenizer:
         backend = _byte_level_tokenizer(
             vocab, [(to_str(a), to_str(b)) for *_, a, b in merges], ["<|endoftext|>"]
         )
-        backend.save(str(cached))
+        _write_atomic(cached, backend.to_str())
     eot = backend.token_to_id("<|endoftext|>")
     return Tokenizer("gpt2", backend, backend.get_vocab_size(), bos_id=eot, eos_id=eot)
 
@@ -211,8 +220,8 @@ def _from_gguf(path: pathlib.Path, name: str) -> Tokenizer:
     cached, meta = (cache_dir() / f"tokenizer-gguf-{key}{ext}" for ext in (".json", ".ids.json"))
     if not (cached.is_file() and meta.is_file()):
         backend, ids = _build_from_gguf(path)
-        backend.save(str(cached))
-        meta.write_text(json.dumps(ids))
+        _write_atomic(cached, backend.to_str())
+        _write_atomic(meta, json.dumps(ids))
     backend, ids = HFTokenizer.from_file(str(cached)), json.loads(meta.read_text())
     return Tokenizer(name, backend, ids["vocab_size"], bos_id=ids["bos_id"], eos_id=ids["eos_id"])
 
