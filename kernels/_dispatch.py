@@ -60,3 +60,37 @@ def choose(kernel: str, implementation: str, interpret: bool, unsupported: str |
         _warn_once(f"{kernel}: Pallas kernel cannot run these arguments ({unsupported}); using XLA")
         return "xla"
     return "pallas"
+
+
+def pallas_target(interpret: bool) -> str:
+    """Which hardware form of a kernel to build: "tpu" or "gpu".
+
+    TPU kernels carry state across a sequential ("arbitrary") grid axis in VMEM scratch; GPU
+    kernels (Triton lowering: power-of-two blocks, no cross-program state) loop inside one
+    program instead. Interpret mode on CPU builds the TPU form unless a test asks otherwise.
+    """
+    target = platform()
+    if target in ("gpu", "tpu"):
+        return target
+    if not interpret:
+        raise ValueError("Pallas kernels run on GPU/TPU, or on CPU with interpret=True")
+    return "tpu"
+
+
+def compiler_params(target: str, dimension_semantics: tuple[str, ...], *, num_warps: int = 4):
+    """Compiler parameters for `pl.pallas_call` on `target`.
+
+    GPU kernels use the Triton lowering explicitly (they are written for its programming
+    model: whole-block values, `fori_loop` inside the program).
+    """
+    if target == "tpu":
+        from jax.experimental.pallas import tpu as pltpu
+
+        return pltpu.CompilerParams(dimension_semantics=dimension_semantics)
+    from jax.experimental.pallas import triton as pltriton
+
+    return pltriton.CompilerParams(num_warps=num_warps, num_stages=2)
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()

@@ -2,12 +2,109 @@
 
 from __future__ import annotations
 
+import functools
+
+import jax
 import jax.numpy as jnp
 
 from kernels import _dispatch
-from kernels.scan import reference
+from kernels.scan import pallas, reference
 
 __all__ = ["selective_scan", "ssd"]
+
+# Chunk sizes. SSD: positions per chunk of the Pallas kernel (the caller's `chunk_size`).
+# Selective scan: positions per grid step of the TPU kernel (the state stays on chip across).
+_SELECTIVE_CHUNK = 256
+# The CPU backward recomputes through the chunked SSD with this chunk (fastest measured).
+_CPU_SSD_GRAD_CHUNK = 32
+
+
+# ----------------------------------------------------------------------------- XLA forms
+# On CPU a sequential `lax.scan` is the fastest forward (no B·L·…·N intermediates); the
+# gradient is recomputed through the form whose backward is fastest there (measured with
+# `python -m benchmarks.scan`). On GPU/TPU the chunked (matmul) forms are used throughout.
+
+
+def _ssd_xla_cpu_grad_form(x, dt, A, Bm, Cm, h0):
+    return reference.ssd_chunked(x, dt, A, Bm, Cm, chunk_size=_CPU_SSD_GRAD_CHUNK, h0_BxHxPxN=h0)
+
+
+def _selective_xla_cpu_grad_form(x, dt, A, Bm, Cm, h0):
+    return jax.checkpoint(reference.selective_scan_sequential)(x, dt, A, Bm, Cm, h0_BxDxN=h0)
+
+
+def _recompute_bwd(grad_form, residuals, g):
+    _, vjp = jax.vjp(grad_form, *residuals)
+    return vjp(g)
+
+
+@jax.custom_vjp
+def _ssd_xla_cpu(x, dt, A, Bm, Cm, h0):
+    return reference.ssd_sequential(x, dt, A, Bm, Cm, h0_BxHxPxN=h0)
+
+
+_ssd_xla_cpu.defvjp(
+    lambda *a: (_ssd_xla_cpu(*a), a),
+    functools.partial(_recompute_bwd, _ssd_xla_cpu_grad_form),
+)
+
+
+@jax.custom_vjp
+def _selective_xla_cpu(x, dt, A, Bm, Cm, h0):
+    return reference.selective_scan_sequential(x, dt, A, Bm, Cm, h0_BxDxN=h0)
+
+
+_selective_xla_cpu.defvjp(
+    lambda *a: (_selective_xla_cpu(*a), a),
+    functools.partial(_recompute_bwd, _selective_xla_cpu_grad_form),
+)
+
+
+# ----------------------------------------------------------------------------- Pallas
+# Backward passes: reference-based, by recomputation. The Pallas forward saves only its
+# inputs; the backward differentiates the XLA chunked form (SSD) / the checkpointed
+# sequential scan (selective scan) on them. No Pallas backward kernel.
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8))
+def _ssd_pallas(x, dt, A, Bm, Cm, h0, chunk_size, interpret, target):
+    return pallas.ssd_pallas(
+        x, dt, A, Bm, Cm, h0, chunk_size=chunk_size, interpret=interpret, target=target
+    )
+
+
+def _ssd_pallas_fwd(x, dt, A, Bm, Cm, h0, chunk_size, interpret, target):
+    out = _ssd_pallas(x, dt, A, Bm, Cm, h0, chunk_size, interpret, target)
+    return out, (x, dt, A, Bm, Cm, h0)
+
+
+def _ssd_pallas_bwd(chunk_size, interpret, target, residuals, g):
+    form = lambda x, dt, A, Bm, Cm, h0: reference.ssd_chunked(
+        x, dt, A, Bm, Cm, chunk_size=chunk_size, h0_BxHxPxN=h0
+    )
+    return _recompute_bwd(form, residuals, g)
+
+
+_ssd_pallas.defvjp(_ssd_pallas_fwd, _ssd_pallas_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8))
+def _selective_pallas(x, dt, A, Bm, Cm, h0, chunk_size, interpret, target):
+    return pallas.selective_scan_pallas(
+        x, dt, A, Bm, Cm, h0, chunk_size=chunk_size, interpret=interpret, target=target
+    )
+
+
+def _selective_pallas_fwd(x, dt, A, Bm, Cm, h0, chunk_size, interpret, target):
+    out = _selective_pallas(x, dt, A, Bm, Cm, h0, chunk_size, interpret, target)
+    return out, (x, dt, A, Bm, Cm, h0)
+
+
+def _selective_pallas_bwd(chunk_size, interpret, target, residuals, g):
+    return _recompute_bwd(_selective_xla_cpu_grad_form, residuals, g)
+
+
+_selective_pallas.defvjp(_selective_pallas_fwd, _selective_pallas_bwd)
 
 _PALLAS_DTYPES = (jnp.float32, jnp.bfloat16)
 
@@ -70,12 +167,17 @@ def selective_scan(
     arrays = dict(x_BxLxD=x_BxLxD, dt_BxLxD=dt_BxLxD, A_DxN=A_DxN, B_BxLxN=B_BxLxN)
     arrays.update(C_BxLxN=C_BxLxN, h0_BxDxN=h0_BxDxN)
     _check_float(**arrays)
-    problem = _pallas_dtype_problem(**arrays) or "the Pallas selective scan has not landed yet"
-    impl = _dispatch.choose("selective_scan", implementation, interpret, problem)
-    del impl
-    return reference.selective_scan_sequential(
-        x_BxLxD, dt_BxLxD, A_DxN, B_BxLxN, C_BxLxN, h0_BxDxN=h0_BxDxN
+    impl = _dispatch.choose(
+        "selective_scan", implementation, interpret, _pallas_dtype_problem(**arrays)
     )
+    h0 = jnp.zeros((Bsz, D, N), jnp.float32) if h0_BxDxN is None else h0_BxDxN
+    args = (x_BxLxD, dt_BxLxD, A_DxN, B_BxLxN, C_BxLxN, h0)
+    if impl == "pallas":
+        target = _dispatch.pallas_target(interpret)
+        return _selective_pallas(*args, _SELECTIVE_CHUNK, interpret, target)
+    if _dispatch.platform() == "cpu":
+        return _selective_xla_cpu(*args)
+    return reference.selective_scan_chunked(*args[:5], h0_BxDxN=h0)
 
 
 def ssd(
@@ -125,9 +227,15 @@ def ssd(
     arrays = dict(x_BxLxHxP=x_BxLxHxP, dt_BxLxH=dt_BxLxH, A_H=A_H, B_BxLxGxN=B_BxLxGxN)
     arrays.update(C_BxLxGxN=C_BxLxGxN, h0_BxHxPxN=h0_BxHxPxN)
     _check_float(**arrays)
-    problem = _pallas_dtype_problem(**arrays) or "the Pallas SSD kernel has not landed yet"
+    problem = _pallas_dtype_problem(**arrays)
+    if _dispatch.platform() == "gpu" and (chunk_size < 16 or chunk_size & (chunk_size - 1)):
+        problem = f"the GPU kernel needs chunk_size a power of two >= 16, got {chunk_size}"
     impl = _dispatch.choose("ssd", implementation, interpret, problem)
-    del impl
-    return reference.ssd_chunked(
-        x_BxLxHxP, dt_BxLxH, A_H, B_BxLxGxN, C_BxLxGxN, chunk_size=chunk_size, h0_BxHxPxN=h0_BxHxPxN
-    )
+    h0 = jnp.zeros((Bsz, H, P, N), jnp.float32) if h0_BxHxPxN is None else h0_BxHxPxN
+    args = (x_BxLxHxP, dt_BxLxH, A_H, B_BxLxGxN, C_BxLxGxN, h0)
+    if impl == "pallas":
+        target = _dispatch.pallas_target(interpret)
+        return _ssd_pallas(*args, chunk_size, interpret, target)
+    if _dispatch.platform() == "cpu":
+        return _ssd_xla_cpu(*args)
+    return reference.ssd_chunked(*args[:5], chunk_size=chunk_size, h0_BxHxPxN=h0)

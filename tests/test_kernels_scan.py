@@ -1,0 +1,214 @@
+"""Pallas scans against the sequential `lax.scan` oracle: outputs, final states and gradients.
+
+`ScanKernelTest` runs the kernels natively on GPU/TPU; `TestScanKernelInterpret` runs the same
+checks on CPU in interpret mode (both the TPU form, state carried across a sequential chunk grid
+axis in scratch, and the GPU form, an in-program loop over chunks).
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kernels import _dispatch
+from kernels.scan import api, reference
+
+TOL = {jnp.float32: 1e-5, jnp.bfloat16: 3e-2}
+SLOW = pytest.mark.slow
+SSD_CHUNK = 8  # small blocks so lengths around a block boundary stay cheap in interpret mode
+
+
+def _ssd_inputs(key, B, L, H, P, G, N, dtype):
+    k = jax.random.split(key, 6)
+    return (
+        jax.random.normal(k[0], (B, L, H, P)).astype(dtype),
+        (0.5 * jax.nn.softplus(jax.random.normal(k[1], (B, L, H)))).astype(dtype),
+        -jnp.exp(0.5 * jax.random.normal(k[2], (H,))),
+        jax.random.normal(k[3], (B, L, G, N)).astype(dtype),
+        jax.random.normal(k[4], (B, L, G, N)).astype(dtype),
+        jax.random.normal(k[5], (B, H, P, N)),
+    )
+
+
+def _selective_inputs(key, B, L, D, N, dtype):
+    k = jax.random.split(key, 6)
+    return (
+        jax.random.normal(k[0], (B, L, D)).astype(dtype),
+        (0.5 * jax.nn.softplus(jax.random.normal(k[1], (B, L, D)))).astype(dtype),
+        -jnp.exp(0.5 * jax.random.normal(k[2], (D, N))),
+        jax.random.normal(k[3], (B, L, N)).astype(dtype),
+        jax.random.normal(k[4], (B, L, N)).astype(dtype),
+        jax.random.normal(k[5], (B, D, N)),
+    )
+
+
+def _value_and_grads(fn, args, key):
+    """(y, h) and the gradients of <y, gy> + <h, gh> for fixed random cotangents."""
+    y, h = fn(*args)
+    k1, k2 = jax.random.split(key)
+    gy = jax.random.normal(k1, y.shape, jnp.float32)
+    gh = jax.random.normal(k2, h.shape, jnp.float32)
+
+    def loss(*a):
+        y, h = fn(*a)
+        return jnp.sum(y.astype(jnp.float32) * gy) + jnp.sum(h * gh)
+
+    return (y, h), jax.grad(loss, argnums=tuple(range(len(args))))(*args)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _both(kernel, oracle, args, key):
+    """Values and gradients of the kernel and of the oracle, in one compilation."""
+    return _value_and_grads(kernel, args, key), _value_and_grads(oracle, args, key)
+
+
+def _assert_close(got, want, tol, what):
+    for i, (g, w) in enumerate(zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True)):
+        g, w = np.asarray(g, np.float32), np.asarray(w, np.float32)
+        scale = max(float(np.abs(w).max()), 1e-30)
+        err = float(np.abs(g - w).max()) / scale
+        assert err <= tol, f"{what}[{i}]: max error {err:.2e} relative to max |ref| > {tol}"
+
+
+class ScanKernelTest:
+    INTERPRET = False
+    TARGET = None  # None: the form the platform builds
+
+    def setup_method(self):
+        if not self.INTERPRET and _dispatch.platform() == "cpu":
+            pytest.skip("native Pallas needs a GPU or TPU (the Interpret subclass runs on CPU)")
+
+    def _target(self):
+        return self.TARGET or _dispatch.pallas_target(self.INTERPRET)
+
+    def _check_ssd(self, B, L, H, P, G, N, dtype, chunk=SSD_CHUNK, seed=0):
+        args = _ssd_inputs(jax.random.key(seed), B, L, H, P, G, N, dtype)
+        target, interpret = self._target(), self.INTERPRET
+
+        def kernel(x, dt, A, Bm, Cm, h0):
+            return api._ssd_pallas(x, dt, A, Bm, Cm, h0, chunk, interpret, target)
+
+        def oracle(x, dt, A, Bm, Cm, h0):
+            return reference.ssd_sequential(x, dt, A, Bm, Cm, h0_BxHxPxN=h0)
+
+        got, want = _both(kernel, oracle, args, jax.random.key(seed + 1))
+        _assert_close(got[0], want[0], TOL[dtype], "ssd outputs")
+        _assert_close(got[1], want[1], TOL[dtype], "ssd gradients")
+
+    def _check_selective(self, B, L, D, N, dtype, chunk, seed=0):
+        args = _selective_inputs(jax.random.key(seed), B, L, D, N, dtype)
+        target, interpret = self._target(), self.INTERPRET
+
+        def kernel(x, dt, A, Bm, Cm, h0):
+            return api._selective_pallas(x, dt, A, Bm, Cm, h0, chunk, interpret, target)
+
+        def oracle(x, dt, A, Bm, Cm, h0):
+            return reference.selective_scan_sequential(x, dt, A, Bm, Cm, h0_BxDxN=h0)
+
+        got, want = _both(kernel, oracle, args, jax.random.key(seed + 1))
+        _assert_close(got[0], want[0], TOL[dtype], "selective outputs")
+        _assert_close(got[1], want[1], TOL[dtype], "selective gradients")
+
+    # Lengths 1, block−1, block, block+1 (+ several chunks); G groups of H heads: ratios 1, 2, 4.
+    @pytest.mark.parametrize(
+        "L, G",
+        [
+            (1, 2),
+            pytest.param(SSD_CHUNK - 1, 4, marks=SLOW),
+            (SSD_CHUNK, 1),
+            (SSD_CHUNK + 1, 4),
+            pytest.param(3 * SSD_CHUNK + 5, 2, marks=SLOW),
+        ],
+    )
+    def test_ssd_fp32(self, L, G):
+        self._check_ssd(B=2, L=L, H=4, P=3, G=G, N=5, dtype=jnp.float32)
+
+    def test_ssd_bf16(self):
+        self._check_ssd(B=2, L=SSD_CHUNK + 3, H=4, P=4, G=2, N=8, dtype=jnp.bfloat16)
+
+    @pytest.mark.parametrize("L", [1, pytest.param(7, marks=SLOW), pytest.param(8, marks=SLOW), 9])
+    def test_selective_fp32(self, L):
+        self._check_selective(B=2, L=L, D=6, N=3, dtype=jnp.float32, chunk=8)
+
+    def test_selective_bf16(self):
+        self._check_selective(B=2, L=19, D=6, N=4, dtype=jnp.bfloat16, chunk=8)
+
+    @pytest.mark.slow
+    @pytest.mark.parametrize("L", [63, 64, 65, 300])
+    @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+    def test_ssd_sweep(self, L, dtype):
+        self._check_ssd(B=2, L=L, H=8, P=16, G=2, N=16, dtype=dtype, chunk=64)
+
+    @pytest.mark.slow
+    @pytest.mark.parametrize("L", [255, 256, 257])
+    def test_selective_sweep(self, L):
+        self._check_selective(B=2, L=L, D=130, N=16, dtype=jnp.float32, chunk=256)
+
+    def test_dispatcher_pallas_matches_xla(self):
+        x, dt, A, Bm, Cm, h0 = _ssd_inputs(jax.random.key(7), 1, 5, 2, 3, 1, 4, jnp.float32)
+        kw = dict(chunk_size=SSD_CHUNK, h0_BxHxPxN=h0)
+        got = api.ssd(x, dt, A, Bm, Cm, implementation="pallas", interpret=self.INTERPRET, **kw)
+        want = api.ssd(x, dt, A, Bm, Cm, implementation="xla", **kw)
+        _assert_close(got, want, 1e-5, "ssd dispatch")
+
+
+class TestScanKernelInterpret(ScanKernelTest):
+    INTERPRET = True
+
+
+class TestScanKernelInterpretGpuForm(ScanKernelTest):
+    """The GPU (Triton) form — in-program chunk loop, power-of-two padding — in interpret mode."""
+
+    INTERPRET = True
+    TARGET = "gpu"
+
+    # A few shapes suffice: the arithmetic is shared with the TPU form.
+    test_ssd_bf16 = pytest.mark.slow(ScanKernelTest.test_ssd_bf16)
+    test_selective_bf16 = pytest.mark.slow(ScanKernelTest.test_selective_bf16)
+    test_ssd_fp32 = None
+    test_selective_fp32 = None
+    test_ssd_sweep = None
+    test_selective_sweep = None
+    test_dispatcher_pallas_matches_xla = None
+
+    def test_ssd_gpu_form(self):
+        self._check_ssd(B=1, L=19, H=4, P=3, G=2, N=5, dtype=jnp.float32, chunk=16)
+
+    @pytest.mark.slow
+    def test_selective_gpu_form(self):
+        self._check_selective(B=2, L=9, D=5, N=3, dtype=jnp.float32, chunk=8)
+
+
+def test_xla_forms_match_oracle_with_gradients():
+    """The dispatcher's XLA path (custom_vjp: sequential forward, recomputed backward)."""
+    args = _ssd_inputs(jax.random.key(11), 2, 21, 4, 3, 2, 5, jnp.float32)
+    fn = lambda x, dt, A, Bm, Cm, h0: api.ssd(x, dt, A, Bm, Cm, h0_BxHxPxN=h0, implementation="xla")
+    oracle = lambda x, dt, A, Bm, Cm, h0: reference.ssd_sequential(x, dt, A, Bm, Cm, h0_BxHxPxN=h0)
+    key = jax.random.key(12)
+    got, want = _both(fn, oracle, args, key)
+    _assert_close(got, want, 1e-5, "ssd xla")
+    args = _selective_inputs(jax.random.key(13), 2, 21, 6, 3, jnp.float32)
+    fn = lambda x, dt, A, Bm, Cm, h0: api.selective_scan(
+        x, dt, A, Bm, Cm, h0_BxDxN=h0, implementation="xla"
+    )
+    oracle = lambda x, dt, A, Bm, Cm, h0: reference.selective_scan_associative(
+        x, dt, A, Bm, Cm, h0_BxDxN=h0
+    )
+    got, want = _both(fn, oracle, args, key)
+    _assert_close(got, want, 1e-5, "selective xla")
+
+
+def test_auto_falls_back_once_for_unsupported_dtype(caplog, monkeypatch):
+    monkeypatch.setattr(_dispatch, "platform", lambda: "tpu")
+    _dispatch._warn_once.cache_clear()
+    x, dt, A, Bm, Cm, _ = _ssd_inputs(jax.random.key(3), 1, 4, 2, 2, 1, 3, jnp.float16)
+    with caplog.at_level("WARNING", logger="kernels"):
+        for _ in range(2):
+            y, _ = api.ssd(x, dt, A, Bm, Cm, chunk_size=SSD_CHUNK)
+    assert y.dtype == jnp.float16
+    assert [r.message for r in caplog.records].count(caplog.records[0].message) == 2 - 1
+    assert "float16" in caplog.records[0].message
+    with pytest.raises(ValueError, match="float16"):
+        api.ssd(x, dt, A, Bm, Cm, implementation="pallas")
