@@ -259,3 +259,18 @@ def test_ready_shakespeare_config_holds_the_same_documents(tmp_path, monkeypatch
     tok = get_tokenizer("bytes")
     via_tfds = load_corpus("tfds:l2m_text/shakespeare", tokenizer=tok, data_dir=tmp_path / "tfds")
     assert sorted(d.size for d in via_tfds) == sorted(len(t.encode()) for t in want.values())
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not pathlib.Path("/usr/share/sword/mods.d/engWEB2015eb.conf").exists(),
+    reason="needs the Debian sword-* packages",
+)
+def test_ready_sword_config_holds_all_473_documents(tmp_path):
+    builder = text_corpus_builder("sword", data_dir=tmp_path / "tfds")
+    source = builder.as_data_source(split="train")
+    got = {
+        source[i]["book_title"].decode(): len(source[i]["book_text"]) for i in range(len(source))
+    }
+    want = {d.title: len(d.text.encode()) for d in read_documents("sword")}
+    assert len(want) == 473 and got == want
