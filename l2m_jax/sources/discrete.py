@@ -83,19 +83,18 @@ def hidden_markov_logprob(params: HiddenMarkovParams, tokens_BxT: jax.Array) -> 
     tokens_BxT = jnp.asarray(tokens_BxT, jnp.int32)
     (k,) = params.initial_K.shape
     content_BxT, tag_BxT = tokens_BxT // (k + 1), tokens_BxT % (k + 1)
-    state_BxT = jnp.maximum(tag_BxT - 1, 0)
     revealed_BxT = tag_BxT > 0
+    # The last reveal before t as one key, position·(K+1) + tag, carried by a running max.
     pos_1xT = jnp.arange(tokens_BxT.shape[1], dtype=jnp.int32)[None, :]
-    last_BxT = jax.lax.cummax(jnp.where(revealed_BxT, pos_1xT, -1), axis=1)
-    prev_BxT = jnp.pad(last_BxT[:, :-1], ((0, 0), (1, 0)), constant_values=-1)  # before t
+    key_BxT = jax.lax.cummax(jnp.where(revealed_BxT, pos_1xT * (k + 1) + tag_BxT, -1), axis=1)
+    prev_BxT = jnp.pad(key_BxT[:, :-1], ((0, 0), (1, 0)), constant_values=-1)
     seen_BxT = prev_BxT >= 0
-    prev_state_BxT = jnp.take_along_axis(state_BxT, jnp.maximum(prev_BxT, 0), axis=1)
-    steps_BxT = jnp.where(seen_BxT, pos_1xT - prev_BxT, pos_1xT).astype(jnp.float32)
-    decay_BxT = params.keep**steps_BxT
+    steps_BxT = jnp.where(seen_BxT, pos_1xT - prev_BxT // (k + 1), pos_1xT)
+    decay_BxT = params.keep ** steps_BxT.astype(jnp.float32)
     anchor_BxT = jnp.where(
         seen_BxT,
-        (prev_state_BxT == state_BxT).astype(jnp.float32),
-        params.initial_K[state_BxT],
+        (prev_BxT % (k + 1) == tag_BxT).astype(jnp.float32),
+        jnp.take(params.initial_K, jnp.maximum(tag_BxT - 1, 0)),
     )
     p_state_BxT = decay_BxT * anchor_BxT + (1.0 - decay_BxT) / k
     logp_tag_BxT = jnp.where(
