@@ -165,13 +165,19 @@ class TestScanKernelInterpretGpuForm(ScanKernelTest):
     TARGET = "gpu"
 
     # A few shapes suffice: the arithmetic is shared with the TPU form.
-    test_ssd_bf16 = pytest.mark.slow(ScanKernelTest.test_ssd_bf16)
-    test_selective_bf16 = pytest.mark.slow(ScanKernelTest.test_selective_bf16)
     test_ssd_fp32 = None
     test_selective_fp32 = None
     test_ssd_sweep = None
     test_selective_sweep = None
     test_dispatcher_pallas_matches_xla = None
+
+    @pytest.mark.slow
+    def test_ssd_bf16(self):
+        super().test_ssd_bf16()
+
+    @pytest.mark.slow
+    def test_selective_bf16(self):
+        super().test_selective_bf16()
 
     def test_ssd_gpu_form(self):
         self._check_ssd(B=1, L=19, H=4, P=3, G=2, N=5, dtype=jnp.float32, chunk=16)

@@ -2,13 +2,48 @@
 
 from __future__ import annotations
 
+import functools
+
+import jax
 import jax.numpy as jnp
 
 from kernels import _dispatch
-from kernels.decode_attention import reference
+from kernels.decode_attention import pallas, reference
 from kernels.decode_attention.reference import append_kv
 
 __all__ = ["append_kv", "decode_attention"]
+
+
+# Backward (attention over a cache is rarely differentiated, but it can be): reference-based,
+# by recomputation — the Pallas forward saves its inputs and the backward differentiates the
+# XLA reference on them. No Pallas backward kernel.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7, 8))
+def _decode_pallas(q, k, v, lengths, scale, block_size, blocks_per_split, interpret, target):
+    return pallas.decode_attention_pallas(
+        q,
+        k,
+        v,
+        lengths,
+        scale=scale,
+        block_size=block_size,
+        blocks_per_split=blocks_per_split,
+        interpret=interpret,
+        target=target,
+    )
+
+
+def _decode_pallas_fwd(q, k, v, lengths, *static):
+    return _decode_pallas(q, k, v, lengths, *static), (q, k, v, lengths)
+
+
+def _decode_pallas_bwd(scale, block_size, blocks_per_split, interpret, target, residuals, g):
+    q, k, v, lengths = residuals
+    form = lambda q, k, v: reference.decode_attention_reference(q, k, v, lengths, scale=scale)
+    _, vjp = jax.vjp(form, q, k, v)
+    return (*vjp(g), None)
+
+
+_decode_pallas.defvjp(_decode_pallas_fwd, _decode_pallas_bwd)
 
 
 def decode_attention(
@@ -62,9 +97,28 @@ def decode_attention(
         if not jnp.issubdtype(a.dtype, jnp.floating):
             raise TypeError(f"{name} must be floating point, got dtype {a.dtype}")
     scale = float(E) ** -0.5 if scale is None else scale
-    problem = "the Pallas decode kernel has not landed yet"
+    problem = None
+    for name, a in (("q_BxHxE", q_BxHxE), ("k_cache_BxKxSxE", k_cache_BxKxSxE)):
+        if a.dtype not in (jnp.float32, jnp.bfloat16):
+            problem = f"{name} has dtype {a.dtype} (the kernel takes float32 or bfloat16)"
+    if _dispatch.platform() == "gpu" and (E < 16 or E & (E - 1)):
+        problem = f"the GPU kernel needs a head dimension E that is a power of two >= 16, got {E}"
     impl = _dispatch.choose("decode_attention", implementation, interpret, problem)
-    del impl
-    return reference.decode_attention_reference(
-        q_BxHxE, k_cache_BxKxSxE, v_cache_BxKxSxE, lengths_B.astype(jnp.int32), scale=scale
+    lengths_B = lengths_B.astype(jnp.int32)
+    if impl == "xla":
+        return reference.decode_attention_reference(
+            q_BxHxE, k_cache_BxKxSxE, v_cache_BxKxSxE, lengths_B, scale=scale
+        )
+    target = _dispatch.pallas_target(interpret)
+    block_size, blocks_per_split = pallas.default_blocks(B, K, S, target)
+    return _decode_pallas(
+        q_BxHxE,
+        k_cache_BxKxSxE,
+        v_cache_BxKxSxE,
+        lengths_B,
+        float(scale),
+        block_size,
+        blocks_per_split,
+        interpret,
+        target,
     )

@@ -1,0 +1,149 @@
+"""Flash-decoding kernel against the reference: ragged lengths around block boundaries, GQA
+ratios, NaN beyond the lengths, outputs and gradients.
+
+`DecodeKernelTest` runs natively on GPU/TPU; the Interpret subclasses run it on CPU.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kernels import _dispatch
+from kernels.decode_attention import api, append_kv, decode_attention, reference
+
+TOL = {jnp.float32: 1e-5, jnp.bfloat16: 3e-2}
+BLOCK = 8  # small blocks keep interpret mode cheap; the dispatcher picks hardware sizes
+
+
+def _inputs(key, B, H, K, S, E, dtype, lengths):
+    k = jax.random.split(key, 3)
+    q = jax.random.normal(k[0], (B, H, E)).astype(dtype)
+    kc = jax.random.normal(k[1], (B, K, S, E)).astype(dtype)
+    vc = jax.random.normal(k[2], (B, K, S, E)).astype(dtype)
+    lengths = jnp.asarray(lengths, jnp.int32)
+    beyond = jnp.arange(S)[None, None, :, None] >= lengths[:, None, None, None]
+    return q, jnp.where(beyond, jnp.nan, kc), jnp.where(beyond, jnp.nan, vc), lengths
+
+
+def _rel_err(got, want):
+    got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)
+    return float(np.abs(got - want).max()) / max(float(np.abs(want).max()), 1e-30)
+
+
+class DecodeKernelTest:
+    INTERPRET = False
+    TARGET = None
+
+    def setup_method(self):
+        if not self.INTERPRET and _dispatch.platform() == "cpu":
+            pytest.skip("native Pallas needs a GPU or TPU (the Interpret subclass runs on CPU)")
+
+    def _check(self, H, K, dtype, blocks_per_split=2, E=16, seed=0, grads=True):
+        # Ragged lengths: 1, block−1, block, block+1, several splits, the full cache S.
+        S = 5 * BLOCK + 3
+        lengths = [1, BLOCK - 1, BLOCK, BLOCK + 1, 3 * BLOCK + 2, S]
+        q, kc, vc, lens = _inputs(jax.random.key(seed), len(lengths), H, K, S, E, dtype, lengths)
+        target = self.TARGET or _dispatch.pallas_target(self.INTERPRET)
+        static = (0.25, BLOCK, blocks_per_split, self.INTERPRET, target)
+        kernel = lambda q, k, v: api._decode_pallas(q, k, v, lens, *static)
+        ref = lambda q, k, v: reference.decode_attention_reference(q, k, v, lens, scale=0.25)
+        g = jax.random.normal(jax.random.key(seed + 1), q.shape, jnp.float32)
+
+        @jax.jit
+        def both():
+            out = []
+            for fn in (kernel, ref):
+                o, vjp = jax.vjp(fn, q, kc, vc)
+                out.append((o, vjp(g.astype(o.dtype)) if grads else ()))
+            return out
+
+        (o, dg), (o_ref, dg_ref) = both()
+        assert np.isfinite(np.asarray(o, np.float32)).all(), "NaN beyond a length leaked"
+        assert _rel_err(o, o_ref) <= TOL[dtype], _rel_err(o, o_ref)
+        for name, a, b in zip("qkv", dg, dg_ref, strict=True):
+            a = jnp.nan_to_num(a.astype(jnp.float32), nan=1e9)  # a NaN would fail the bound
+            assert _rel_err(a, b) <= TOL[dtype], (name, _rel_err(a, b))
+
+    @pytest.mark.parametrize("H, K", [(4, 4), (4, 2), (8, 2)])  # GQA ratios 1, 2, 4
+    def test_fp32(self, H, K):
+        self._check(H, K, jnp.float32)
+
+    def test_bf16(self):
+        self._check(6, 2, jnp.bfloat16, blocks_per_split=3)
+
+    @pytest.mark.slow
+    @pytest.mark.parametrize("blocks_per_split", [1, 4, 8])
+    @pytest.mark.parametrize("H, K", [(1, 1), (9, 3), (16, 2)])
+    def test_sweep(self, H, K, blocks_per_split):
+        self._check(H, K, jnp.float32, blocks_per_split=blocks_per_split, E=32, grads=False)
+
+    def test_dispatcher_and_zero_length(self):
+        """Through `decode_attention` with the dispatcher's block sizes; length 0 gives zeros."""
+        q, kc, vc, lens = _inputs(jax.random.key(3), 3, 4, 2, 70, 16, jnp.float32, [0, 5, 70])
+        o = decode_attention(q, kc, vc, lens, implementation="pallas", interpret=self.INTERPRET)
+        o_ref = decode_attention(q, kc, vc, lens, implementation="xla")
+        assert float(jnp.abs(o[0]).max()) == 0.0
+        assert _rel_err(o, o_ref) <= 1e-5
+
+
+class TestDecodeKernelInterpret(DecodeKernelTest):
+    INTERPRET = True
+
+
+class TestDecodeKernelInterpretGpuForm(DecodeKernelTest):
+    """The GPU (Triton) form — lengths as an input block, padded query heads — interpreted."""
+
+    INTERPRET = True
+    TARGET = "gpu"
+    test_fp32 = None
+    test_sweep = None
+    test_dispatcher_and_zero_length = None
+
+    def test_gpu_form(self):
+        self._check(6, 2, jnp.float32, blocks_per_split=3)
+
+    @pytest.mark.slow
+    def test_bf16(self):
+        super().test_bf16()
+
+
+def test_append_then_decode_equals_full_attention():
+    """Growing the cache token by token (donated) and decoding equals causal attention."""
+    B, H, K, S, E, T = 2, 4, 2, 12, 8, 7
+    k = jax.random.split(jax.random.key(9), 3)
+    q_BxTxHxE = jax.random.normal(k[0], (B, T, H, E))
+    k_BxTxKxE = jax.random.normal(k[1], (B, T, K, E))
+    v_BxTxKxE = jax.random.normal(k[2], (B, T, K, E))
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def step(kc, vc, lengths, q, kk, vv):
+        kc, vc = append_kv(kc, vc, kk, vv, lengths)
+        return kc, vc, decode_attention(q, kc, vc, lengths + 1, implementation="xla")
+
+    kc, vc = jnp.zeros((B, K, S, E)), jnp.zeros((B, K, S, E))
+    lengths = jnp.zeros(B, jnp.int32)
+    outs = []
+    for t in range(T):
+        kc, vc, o = step(kc, vc, lengths, q_BxTxHxE[:, t], k_BxTxKxE[:, t], v_BxTxKxE[:, t])
+        lengths = lengths + 1
+        outs.append(o)
+    o_BxTxHxE = jnp.stack(outs, 1)
+    kr = jnp.repeat(k_BxTxKxE, H // K, axis=2)
+    vr = jnp.repeat(v_BxTxKxE, H // K, axis=2)
+    s = jnp.einsum("bthe,bshe->bhts", q_BxTxHxE, kr) / np.sqrt(E)
+    s = jnp.where(jnp.tril(jnp.ones((T, T), bool))[None, None], s, -jnp.inf)
+    want = jnp.einsum("bhts,bshe->bthe", jax.nn.softmax(s, axis=-1), vr)
+    assert _rel_err(o_BxTxHxE, want) <= 1e-5
+
+
+def test_decode_rejects_bad_arguments():
+    q, kc, vc, lens = _inputs(jax.random.key(4), 2, 4, 2, 8, 16, jnp.float32, [1, 2])
+    with pytest.raises(ValueError, match="v_cache"):
+        decode_attention(q, kc, vc[:, :, :4], lens)
+    with pytest.raises(ValueError, match="interpret=True"):
+        decode_attention(q, kc, vc, lens, implementation="pallas")
+    with pytest.raises(TypeError, match="floating"):
+        decode_attention(q.astype(jnp.int32), kc, vc, lens)
