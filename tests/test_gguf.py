@@ -213,6 +213,8 @@ def test_pretrained_load_scores_like_the_transformer_on_original_weights(tiny):
     want = jnp.take_along_axis(jax.nn.log_softmax(logits), tokens_BxT[..., None], -1)[..., 0]
     got = model.logprob_fn(model.params, tokens_BxT)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5, rtol=1e-5)
+    traced = jax.jit(model.logprob_fn)(model.params, tokens_BxT)  # inside a caller's jit
+    np.testing.assert_allclose(np.asarray(traced), np.asarray(got), atol=1e-6, rtol=1e-6)
     # the tokenizer rebuilt from the GGUF metadata is the one the file was written with
     assert model.tokenizer.encode(TEXT[:300]) == tok.encode(TEXT[:300])
     assert model.tokenizer.decode(model.tokenizer.encode(TEXT[:300])) == TEXT[:300]
@@ -226,6 +228,8 @@ def test_lengths_beyond_the_context_are_refused(tiny):
     model = pretrained.load(str(path), max_len=16)
     with pytest.raises(ValueError, match="exceed max_len=16"):
         model.logprob_fn(model.params, jnp.zeros((1, 17), jnp.int32))
+    with pytest.raises(ValueError, match="token ids must lie in"):
+        model.logprob_fn(model.params, np.full((1, 4), model.config.vocab_size, np.int32))
 
 
 def test_missing_models_say_how_to_install(monkeypatch, tmp_path):

@@ -110,7 +110,7 @@ def unpermute_qk(w_OxI: np.ndarray, n_heads: int) -> np.ndarray:
 
 
 def llama_config(
-    metadata: dict, tensors: dict[str, np.ndarray] | None = None, **overrides
+    metadata: dict, tensors: Mapping[str, np.ndarray] | None = None, **overrides
 ) -> TransformerConfig:
     """The Llama-style `TransformerConfig` a GGUF file's metadata describes."""
     arch = metadata.get("general.architecture")
@@ -141,8 +141,13 @@ def llama_config(
         )
     bos = metadata.get("tokenizer.ggml.bos_token_id")
     vocab = metadata.get(f"{arch}.vocab_size")
-    if vocab is None and tensors is not None:
+    if vocab is None and tensors is not None and "token_embd.weight" in tensors:
         vocab = tensors["token_embd.weight"].shape[0]
+    if vocab is None:
+        raise ValueError(
+            f"GGUF metadata lacks {arch}.vocab_size and no token_embd tensor "
+            "was given; the file is incomplete"
+        )
     fields = dict(
         style="llama",
         vocab_size=int(vocab),

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
+import numpy as np
 
 from l2m_jax.models import gguf as _gguf
 from l2m_jax.models.transformer import TransformerConfig
@@ -102,6 +103,16 @@ def load(
             "pass the path of a .gguf file"
         )
     metadata, tensors = _gguf.read_gguf(path)
+    context = int(metadata.get(f"{metadata.get('general.architecture')}.context_length", 2048))
+    if max_len is None:
+        max_len = context
+    if max_len < 1:
+        raise ValueError(f"max_len must be >= 1, got {max_len}")
+    if max_len > context:
+        raise ValueError(
+            f"max_len={max_len} is beyond the context of {path.name} "
+            f"({context} positions, BOS included); use max_len <= {context}"
+        )
     overrides = {} if bos_id is None else {"bos_id": int(bos_id)}
     config = _gguf.llama_config(metadata, tensors, **overrides)
     host_params = _gguf.llama_params(config, tensors)
@@ -110,15 +121,6 @@ def load(
     else:
         params = shard_params(host_params, mesh, model_axis=model_axis)
     del tensors, host_params
-    arch = metadata["general.architecture"]
-    context = int(metadata.get(f"{arch}.context_length", 2048))
-    if max_len is None:
-        max_len = context
-    if not 1 <= max_len <= context:
-        raise ValueError(
-            f"max_len={max_len} is beyond the context of {path.name} "
-            f"({context} positions, BOS included); use max_len <= {context}"
-        )
     tokenizer = get_tokenizer(tokenizer_name)
     if tokenizer.vocab_size > config.vocab_size:
         raise ValueError(
@@ -136,6 +138,17 @@ def load(
                 f"{tokens_BxT.shape[1]} tokens exceed max_len={max_len} of "
                 f"{path.name} (its context is {context} positions)"
             )
+        try:  # concrete ids (not traced under an outer jit) are checked
+            ids = np.asarray(tokens_BxT)
+        except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+            ids = None
+        if ids is not None and ids.size:
+            lo, hi = int(ids.min()), int(ids.max())
+            if lo < 0 or hi >= config.vocab_size:
+                raise ValueError(
+                    f"token ids must lie in [0, {config.vocab_size}), got [{lo}, {hi}]; "
+                    f"tokenize with this model's tokenizer ({tokenizer.name})"
+                )
         return scores(params, tokens_BxT)
 
     return PretrainedModel(config, params, tokenizer, logprob_fn, max_len)
