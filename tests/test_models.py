@@ -10,7 +10,7 @@ import pytest
 from jax import lax
 
 from l2m_jax import models
-from l2m_jax.models import heads, ssm
+from l2m_jax.models import heads, ssm, transformer
 
 # Small models of every architecture. Mamba-2 uses chunks of 4 so that every length below
 # crosses chunk boundaries (prefill 6 = 4 + 2, then 7 decoded steps).
@@ -67,7 +67,11 @@ def forward(request):
         out = jnp.concatenate([pred.mean, pred.std], axis=-1)  # [B, L, 2C]
         return out, pred
 
-    jac, full = jax.jit(jax.jacrev(flat, has_aux=True))(inputs)  # one compile gives both
+    # causal attention by query blocks of 4 (4 + 4 + 4 + 1 for L = 13), so block boundaries
+    # are crossed here as they are at 256 for long sequences
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(transformer, "ATTENTION_BLOCK", 4)
+        jac, full = jax.jit(jax.jacrev(flat, has_aux=True))(inputs)  # one compile gives both
     return config, params, inputs, full, np.asarray(jac)  # jac [B, L, 2C, B, L, C]
 
 
