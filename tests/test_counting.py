@@ -39,7 +39,7 @@ def _as_dict(table):
 
 @pytest.mark.parametrize(
     ("vocab_size", "key_dtype"),
-    [(7, np.uint32), (300, np.uint32), (70_000, np.uint64)],  # dense, sorted 32-bit, 64-bit
+    [(7, np.uint32), (300, np.uint32), (2**18 + 1, np.uint64)],  # dense, 32-bit, 64-bit
 )
 def test_pairs_match_counter_on_every_path(vocab_size, key_dtype):
     docs = _docs(vocab_size)
@@ -133,3 +133,13 @@ def test_bad_input():
         count_pairs(docs, [1], implementation="cuda")
     with pytest.raises(ValueError, match="shape"):
         count_pairs(np.zeros((2, 2, 2), np.int32), [1])
+
+
+def test_threaded_host_path_matches_counter():
+    """Chunks of ≥ 2^16 starts spread the distances over threads (sorted and dense tables)."""
+    rng = np.random.default_rng(4)
+    for vocab_size in (1000, 60):
+        docs = [rng.integers(0, vocab_size, n) for n in (40_000, 30_000, 9)]
+        got = count_pairs(docs, [1, 7, 300], vocab_size, implementation="numpy")
+        for table, d in zip(got.tables, [1, 7, 300], strict=True):
+            assert _as_dict(table) == dict(_reference(docs, (0, d), vocab_size))

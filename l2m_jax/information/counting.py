@@ -23,7 +23,10 @@ Both give identical tables.
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
+import os
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple
 
@@ -47,7 +50,7 @@ class CountTable(NamedTuple):
     Attributes:
       keys: [M] uint32 or uint64, ascending and distinct; the event (t_0, …, t_{k−1})
         packed as Σ_j t_j · V^(k−1−j).
-      counts: [M] int64, positive.
+      counts: [M] positive; int32 while the table's total is below 2^31, else int64.
     """
 
     keys: np.ndarray
@@ -188,42 +191,50 @@ def _chunks(docs: Iterable, vocab_size: int, key_dtype, chunk: int, halo: int) -
 # ---------------------------------------------------------------------------- table algebra
 
 
-def _run_lengths(sorted_keys: np.ndarray) -> CountTable:
-    if sorted_keys.size == 0:
-        return CountTable(sorted_keys, np.zeros(0, np.int64))
-    new = np.empty(sorted_keys.size, bool)
+def _run_lengths(sorted_keys: np.ndarray, positions: np.ndarray, new: np.ndarray) -> CountTable:
+    """Distinct keys and run lengths; `positions` (int32 arange) and `new` are scratch ≥ size."""
+    n = sorted_keys.size
+    if n == 0:
+        return CountTable(sorted_keys, np.zeros(0, np.int32))
+    new = new[:n]
     new[0] = True
     np.not_equal(sorted_keys[1:], sorted_keys[:-1], out=new[1:])
-    starts = np.flatnonzero(new)
-    counts = np.empty(starts.size, np.int64)
+    starts = positions[:n][new]
+    counts = np.empty(starts.size, np.int32)
     np.subtract(starts[1:], starts[:-1], out=counts[:-1])
-    counts[-1] = sorted_keys.size - starts[-1]
-    return CountTable(sorted_keys[starts], counts)
+    counts[-1] = n - starts[-1]
+    return CountTable(sorted_keys[new], counts)
+
+
+def _count_dtype(total: int):
+    """int32 counts while they cannot overflow (total < 2^31), else int64."""
+    return np.int32 if total < 2**31 else np.int64
 
 
 def _merge(tables: list[CountTable]) -> CountTable:
     """Sum of count tables (union of keys, counts added)."""
     tables = [t for t in tables if t.keys.size]
     if len(tables) <= 1:
-        return tables[0] if tables else CountTable(np.zeros(0, np.uint32), np.zeros(0, np.int64))
+        return tables[0] if tables else CountTable(np.zeros(0, np.uint32), np.zeros(0, np.int32))
+    dtype = _count_dtype(sum(int(t.counts.sum()) for t in tables))
     keys = np.concatenate([t.keys for t in tables])
-    counts = np.concatenate([t.counts for t in tables])
+    counts = np.concatenate([t.counts for t in tables]).astype(dtype, copy=False)
     order = np.argsort(keys, kind="stable")
     keys, counts = keys[order], counts[order]
     starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
-    return CountTable(keys[starts], np.add.reduceat(counts, starts))
+    return CountTable(keys[starts], np.add.reduceat(counts, starts, dtype=dtype))
 
 
 class _Accumulator:
     """Running table; chunk tables are merged once they outweigh it (amortised O(log))."""
 
     def __init__(self):
-        self.table = CountTable(np.zeros(0, np.uint32), np.zeros(0, np.int64))
+        self.table = CountTable(np.zeros(0, np.uint32), np.zeros(0, np.int32))
         self.pending: list[CountTable] = []
         self.pending_size = 0
 
     def add(self, table: CountTable) -> None:
-        self.pending.append(CountTable(table.keys, table.counts.astype(np.int64, copy=False)))
+        self.pending.append(table)
         self.pending_size += table.keys.size
         if self.pending_size >= self.table.keys.size:
             self.flush()
@@ -238,14 +249,27 @@ class _Accumulator:
 # ------------------------------------------------------------------------ per-chunk counting
 
 
+def _host_workers() -> int:
+    """Threads for the host path: NumPy's sort and ufuncs release the GIL."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, 8))
+
+
 def _numpy_tables(chunk: _Chunk, patterns, vocab_size: int) -> list[CountTable]:
-    """Counts a chunk on the host, reusing one key buffer and one mask for all patterns."""
+    """Counts a chunk on the host, patterns spread over threads; each reuses its buffers."""
     n, dtype = chunk.starts, chunk.tokens.dtype
     base, sentinel = dtype.type(vocab_size), np.iinfo(dtype).max
-    key = np.empty(n, dtype)
-    invalid = np.empty(n, bool)
-    out = []
-    for offsets in patterns:
+    positions = np.arange(n, dtype=np.int32)
+    scratch = threading.local()
+
+    def one(offsets) -> CountTable:
+        if not hasattr(scratch, "key"):
+            scratch.key = np.empty(n, dtype)
+            scratch.invalid, scratch.new = np.empty(n, bool), np.empty(n, bool)
+        key, invalid = scratch.key, scratch.invalid
         first, *rest = offsets
         if rest:
             np.multiply(chunk.tokens[first : first + n], base, out=key)
@@ -261,12 +285,17 @@ def _numpy_tables(chunk: _Chunk, patterns, vocab_size: int) -> list[CountTable]:
             np.copyto(key, dtype.type(space), where=invalid)
             dense = np.bincount(key, minlength=space + 1)[:space]
             nz = np.flatnonzero(dense)
-            out.append(CountTable(nz.astype(dtype), dense[nz]))
-        else:  # sort in place; invalid starts carry the sentinel and sort to the end
-            np.copyto(key, sentinel, where=invalid)
-            key.sort()
-            out.append(_run_lengths(key[: n - np.count_nonzero(invalid)]))
-    return out
+            return CountTable(nz.astype(dtype), dense[nz].astype(np.int32))
+        # sort in place; invalid starts carry the sentinel and sort to the end
+        np.copyto(key, sentinel, where=invalid)
+        key.sort()
+        return _run_lengths(key[: n - np.count_nonzero(invalid)], positions, scratch.new)
+
+    workers = min(len(patterns), _host_workers())
+    if workers == 1 or n < 1 << 16:
+        return [one(p) for p in patterns]
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(one, patterns))
 
 
 def _xla_shard(tok_1xW, rem_1xW, offsets_KxA, *, starts: int, vocab_size: int, packed: bool):
@@ -342,7 +371,7 @@ def _xla_tables(chunk: _Chunk, patterns, vocab_size, devices, per_device, halo, 
                 keys = np.zeros(m, np.uint64)
                 for digit in uniq:
                     keys = keys * np.uint64(vocab_size) + digit[s, k, :m].astype(np.uint64)
-            parts.append(CountTable(keys, counts_SxKxN[s, k, :m].astype(np.int64)))
+            parts.append(CountTable(keys, counts_SxKxN[s, k, :m]))
         out.append(_merge(parts))
     return out
 
@@ -357,8 +386,8 @@ def _count(
         raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
     if implementation == "auto":
         implementation = "numpy" if jax.default_backend() == "cpu" else "xla"
-    if not isinstance(chunk_tokens, (int, np.integer)) or chunk_tokens < 1:
-        raise ValueError(f"chunk_tokens must be a positive integer, got {chunk_tokens!r}")
+    if not isinstance(chunk_tokens, (int, np.integer)) or not 1 <= chunk_tokens <= 2**30:
+        raise ValueError(f"chunk_tokens must be an integer in [1, 2^30], got {chunk_tokens!r}")
     docs, vocab_size, total = _resolve(tokens_or_docs, vocab_size)
     arity = len(patterns[0])
     key_dtype = _key_dtype(vocab_size, arity)
