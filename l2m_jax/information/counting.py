@@ -263,6 +263,8 @@ def _numpy_tables(chunk: _Chunk, patterns, vocab_size: int) -> list[CountTable]:
     n, dtype = chunk.starts, chunk.tokens.dtype
     base, sentinel = dtype.type(vocab_size), np.iinfo(dtype).max
     positions = np.arange(n, dtype=np.int32)
+    heads = {first for first, *_ in patterns if len(patterns) > 1}
+    head = {f: chunk.tokens[f : f + n] * base for f in heads}  # t0·V, shared by pairs
     scratch = threading.local()
 
     def one(offsets) -> CountTable:
@@ -270,14 +272,16 @@ def _numpy_tables(chunk: _Chunk, patterns, vocab_size: int) -> list[CountTable]:
             scratch.key = np.empty(n, dtype)
             scratch.invalid, scratch.new = np.empty(n, bool), np.empty(n, bool)
         key, invalid = scratch.key, scratch.invalid
-        first, *rest = offsets
-        if rest:
-            np.multiply(chunk.tokens[first : first + n], base, out=key)
-        else:
+        first, *rest = offsets  # key = (…(t0·V + t1)·V + t2)…, in place
+        if not rest:
             np.copyto(key, chunk.tokens[first : first + n])
-        for j, off in enumerate(rest):  # Horner: ((t0·V + t1)·V + t2)…
-            if j:
-                key *= base
+        elif first in head:
+            np.add(head[first], chunk.tokens[rest[0] : rest[0] + n], out=key)
+        else:
+            np.multiply(chunk.tokens[first : first + n], base, out=key)
+            key += chunk.tokens[rest[0] : rest[0] + n]
+        for off in rest[1:]:
+            key *= base
             key += chunk.tokens[off : off + n]
         np.less(chunk.remaining[:n], offsets[-1], out=invalid)
         space = vocab_size ** len(offsets)
