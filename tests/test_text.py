@@ -12,6 +12,7 @@ from l2m_jax.sources import text
 from l2m_jax.sources.text import (
     Document,
     chunk_documents,
+    chunk_spans,
     load_corpus,
     read_documents,
     sentence_starts,
@@ -179,6 +180,9 @@ def test_chunks_start_at_sentences_and_do_not_overlap():
     assert x_NxL.dtype == np.int32 and x_NxL.shape == (len(want), 37)
     assert [tok.decode(r) for r in x_NxL] == want
     assert chunk_documents(ids, 37, tokenizer=tok, max_chunks=3).shape == (3, 37)
+    spans = chunk_spans(ids, 37, tokenizer=tok)
+    np.testing.assert_array_equal(np.stack([ids[d][s : s + 37] for d, s in spans]), x_NxL)
+    assert (np.diff(spans[:, 0]) >= 0).all() and spans[-1, 0] == 2
     plain = chunk_documents(ids, 50, tokenizer=None)
     np.testing.assert_array_equal(plain[0], ids[0][:50])
     np.testing.assert_array_equal(plain[1], ids[0][50:100])

@@ -7,7 +7,13 @@ from l2m_jax.sources.discrete import (
     markov_chain,
 )
 from l2m_jax.sources.gaussian import GaussianFamily, log_gaussian, subvolume_gaussian
-from l2m_jax.sources.text import chunk_documents, load_corpus, read_documents, shard_for_host
+from l2m_jax.sources.text import (
+    chunk_documents,
+    chunk_spans,
+    load_corpus,
+    read_documents,
+    shard_for_host,
+)
 from l2m_jax.sources.tokenize import Tokenizer, get_tokenizer, train_bpe
 
 __all__ = [
@@ -16,6 +22,7 @@ __all__ = [
     "MarkovChain",
     "Tokenizer",
     "chunk_documents",
+    "chunk_spans",
     "get_tokenizer",
     "hidden_markov",
     "load_corpus",

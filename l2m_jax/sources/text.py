@@ -45,6 +45,7 @@ from l2m_jax.sources.tokenize import Tokenizer, cache_dir
 __all__ = [
     "Document",
     "chunk_documents",
+    "chunk_spans",
     "load_corpus",
     "read_documents",
     "sentence_starts",
@@ -578,6 +579,50 @@ def sentence_starts(tokens: np.ndarray, tokenizer: Tokenizer) -> np.ndarray:
     return np.flatnonzero(is_start)
 
 
+def chunk_spans(
+    docs: Sequence[np.ndarray],
+    length: int,
+    *,
+    tokenizer: Tokenizer | None,
+    max_chunks: int | None = None,
+) -> np.ndarray:
+    """Where `chunk_documents` cuts: int64 [N, 2] rows (document index, start position).
+
+    Walking through each document, a sample starts at the first sentence start at or after
+    the end of the previous sample; a document's tail shorter than `length` is dropped.
+    With `tokenizer=None` samples start anywhere (back to back).
+    """
+    if length < 1:
+        raise ValueError(f"length must be >= 1, got {length}")
+    if max_chunks is not None and max_chunks < 1:
+        raise ValueError(f"max_chunks must be >= 1 or None, got {max_chunks}")
+    spans: list[tuple[int, int]] = []
+    for d, doc in enumerate(docs):
+        doc = np.asarray(doc)
+        if doc.size < length:
+            continue
+        if tokenizer is None:
+            starts = range(0, doc.size - length + 1, length)
+        else:
+            candidates = sentence_starts(doc, tokenizer)
+            candidates = candidates[candidates <= doc.size - length]
+            starts, pos = [], 0
+            while (k := np.searchsorted(candidates, pos)) < candidates.size:
+                starts.append(int(candidates[k]))
+                pos = candidates[k] + length
+        spans += [(d, s) for s in starts]
+        if max_chunks is not None and len(spans) >= max_chunks:
+            spans = spans[:max_chunks]
+            break
+    if not spans:
+        longest = max((np.asarray(d).size for d in docs), default=0)
+        raise ValueError(
+            f"no document has length={length} tokens (the longest has "
+            f"{longest}); use a shorter length or a corpus with longer documents"
+        )
+    return np.asarray(spans, np.int64)
+
+
 def chunk_documents(
     docs: Sequence[np.ndarray],
     length: int,
@@ -587,39 +632,9 @@ def chunk_documents(
 ) -> np.ndarray:
     """Non-overlapping samples of exactly `length` tokens, each starting at a sentence start.
 
-    Walking through each document, a sample starts at the first sentence start at or after
-    the end of the previous sample; a document's tail shorter than `length` is dropped.
-    With `tokenizer=None` samples start anywhere (back to back). Returns int32 [N, length].
+    Returns int32 [N, length]; row n is docs[d][s : s + length] for (d, s) = `chunk_spans`
+    row n (use it to tell which samples share a document). With `tokenizer=None` samples
+    start anywhere (back to back).
     """
-    if length < 1:
-        raise ValueError(f"length must be >= 1, got {length}")
-    if max_chunks is not None and max_chunks < 1:
-        raise ValueError(f"max_chunks must be >= 1 or None, got {max_chunks}")
-    rows: list[np.ndarray] = []
-    for doc in docs:
-        doc = np.asarray(doc)
-        if doc.size < length:
-            continue
-        if tokenizer is None:
-            starts = np.arange(0, doc.size - length + 1, length)
-        else:
-            candidates = sentence_starts(doc, tokenizer)
-            candidates = candidates[candidates <= doc.size - length]
-            starts, pos = [], 0
-            while True:
-                k = np.searchsorted(candidates, pos)
-                if k == candidates.size:
-                    break
-                starts.append(candidates[k])
-                pos = candidates[k] + length
-        rows += [doc[s : s + length] for s in starts]
-        if max_chunks is not None and len(rows) >= max_chunks:
-            rows = rows[:max_chunks]
-            break
-    if not rows:
-        longest = max((np.asarray(d).size for d in docs), default=0)
-        raise ValueError(
-            f"no document has length={length} tokens (the longest has "
-            f"{longest}); use a shorter length or a corpus with longer documents"
-        )
-    return np.stack(rows).astype(np.int32)
+    spans = chunk_spans(docs, length, tokenizer=tokenizer, max_chunks=max_chunks)
+    return np.stack([np.asarray(docs[d])[s : s + length] for d, s in spans]).astype(np.int32)
