@@ -9,7 +9,14 @@ cd "$(dirname "$0")/.."
 extras=""
 [ "${1:-}" = "--test" ] && extras="[test]"
 
-if command -v apt-get >/dev/null 2>&1 && [ ! -d /usr/share/sword/modules/texts/ztext/web ]; then
+have_corpora() {
+  local m
+  for m in engKJV2006eb engWEB2015eb tdavid mhcc scofield; do
+    [ -f "/usr/share/sword/mods.d/$m.conf" ] || return 1
+  done
+}
+
+if command -v apt-get >/dev/null 2>&1 && ! have_corpora; then
   sudo_=""
   [ "$(id -u)" -ne 0 ] && sudo_="sudo"
   $sudo_ apt-get update -qq
