@@ -25,14 +25,6 @@ from l2m_jax import sources, train
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _gaussian_sampler_workaround():
-    # TEMPORARY: sources.gaussian's sampler relies on rank promotion (a [n] * [B, C, n]);
-    # reported to the lead; remove once fixed there.
-    with jax.numpy_rank_promotion("allow"):
-        yield
-
-
 def tiny_init(seq_len: int, key) -> dict:
     return {
         "w_LxL": 0.1 * jax.random.normal(key, (seq_len, seq_len)),
@@ -51,9 +43,7 @@ def tiny_apply(params, inputs_BxLxC):
 @functools.cache
 def tiny_task(layers=2, channels=2):
     """One task object per shape, so tests share compiled steps."""
-    fam = sources.subvolume_gaussian(layers, channels)
-    _ = fam.predictor, fam._sampler  # TEMPORARY: built lazily inside jit they leak tracers
-    return train.GaussianTask(fam, tiny_apply)
+    return train.GaussianTask(sources.subvolume_gaussian(layers, channels), tiny_apply)
 
 
 def small_config(**overrides):

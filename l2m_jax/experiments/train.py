@@ -6,6 +6,14 @@ front); the loss is the exact per-token KL against the family's exact conditiona
 is reported alongside. The model must be a Gaussian-head preset (`l2m models` lists them);
 its channels and learned positions are set to the data's C and L.
 
+Text (PAPER.md §6, Fig. 4): a token model (gpt2-tiny, mamba-tiny, ... or the paper's sizes)
+trained with NLL on chunks of a corpus that start at sentence beginnings, BOS in front; the
+held-out metric is the position-wise NLL_i. `--preset cpu` is the CPU comparison of a GPT-2
+style transformer with Mamba on the SWORD corpus (byte tokens, 512 positions).
+
+Several comma-separated models train one after the other (run directories --out/<model>) and
+share one plot: Fig. 3a (KL_i) for Gaussian data, Fig. 4 (NLL_i, smoothed) for text.
+
 With --out DIR the run is checkpointed (orbax) and logged there (log.jsonl per step,
 eval.jsonl per evaluation, config.json); --resume continues it exactly where the last
 checkpoint left it. Ctrl-C (or SIGTERM) saves a checkpoint and stops.
@@ -14,6 +22,9 @@ Examples:
   l2m train --model gauss-gpt2 --data subvolume --layers 3 --channels 4 --steps 2000 \\
       --batch 8 --lr 1e-2 --out runs/gpt2-L64 --json runs/gpt2-L64.json --plot kl.png
   l2m train ... --out runs/gpt2-L64 --resume
+  l2m train --data text --preset cpu --out runs/text --json text.json --plot nll.png
+  l2m train --data text --corpus sword --tokenizer gpt2 --model gpt2-tiny,mamba-tiny \
+      --seq-len 256 --steps 2000
 """
 
 from __future__ import annotations
@@ -23,23 +34,42 @@ import dataclasses
 import functools
 import math
 import pathlib
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from l2m_jax.experiments._common import print_table, pyplot, save_figure, write_json
 
 FAMILIES = ("subvolume", "log")
-DATA_KINDS = FAMILIES
+DATA_KINDS = (*FAMILIES, "text")
+
+# `--data text --preset cpu`: GPT-2 style vs Mamba on the SWORD corpus, byte tokens.
+TEXT_PRESETS = {
+    "cpu": dict(
+        model="gpt2-tiny,mamba-tiny",
+        corpus="sword",
+        tokenizer="bytes",
+        seq_len=512,
+        steps=800,
+        batch=8,
+        lr=3e-3,
+    ),
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="model preset (see `l2m models`)")
+    parser.add_argument(
+        "--model", default=None, help="model preset(s), comma-separated (see `l2m models`)"
+    )
     parser.add_argument("--data", choices=DATA_KINDS, default="subvolume")
     parser.add_argument("--layers", type=int, default=None, help="family layers: L = 4^layers")
     parser.add_argument("--seq-len", type=int, default=None, help="L (instead of --layers)")
     parser.add_argument("--channels", type=int, default=4, help="channels per token (C)")
     parser.add_argument("--coupling", type=float, default=0.3, help="row-boundary coupling")
+    parser.add_argument("--corpus", default=None, help="text: sword, shakespeare, pg19, a folder")
+    parser.add_argument("--tokenizer", default=None, help="text: bytes, gpt2, smollm2, bpe:PATH")
+    parser.add_argument("--max-docs", type=int, default=None, help="text: read at most this many")
+    parser.add_argument("--preset", default=None, help=f"text defaults: {', '.join(TEXT_PRESETS)}")
     _add_train_arguments(parser)
     parser.add_argument("--out", default=None, help="run directory (checkpoints, logs)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -48,9 +78,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--steps", type=int, default=2000)
-    parser.add_argument("--batch", type=int, default=8, help="global batch (sequences)")
-    parser.add_argument("--lr", type=float, default=1e-2, help="peak learning rate")
+    parser.add_argument("--steps", type=int, default=None, help="default 2000")
+    parser.add_argument("--batch", type=int, default=None, help="global batch (default 8)")
+    parser.add_argument("--lr", type=float, default=None, help="peak learning rate (1e-2)")
     parser.add_argument("--warmup", type=int, default=None, help="default: steps/10, ≤ 2000")
     parser.add_argument("--weight-decay", type=float, default=0.01)
     parser.add_argument("--clip", type=float, default=1.0, help="global-norm clip (0: off)")
@@ -180,6 +210,142 @@ def train_gaussian(
     }
 
 
+class TextData(NamedTuple):
+    corpus: str
+    tokenizer: Any  # l2m_jax.sources.tokenize.Tokenizer
+    train_BxL: np.ndarray  # int32 chunks starting at sentence beginnings (no BOS)
+    eval_BxL: np.ndarray  # the held-out chunks
+
+
+def text_data(args: argparse.Namespace, config) -> TextData:
+    """Chunks of `--seq-len` tokens from the corpus: enough for every step, plus a held-out set.
+
+    The held-out chunks are drawn at random (seeded) from the same documents' chunks and
+    removed from the training set.
+    """
+    from l2m_jax.sources import text, tokenize
+
+    if args.corpus is None or args.tokenizer is None or args.seq_len is None:
+        raise ValueError("--data text needs --corpus, --tokenizer and --seq-len (or --preset cpu)")
+    if args.seq_len < 2:
+        raise ValueError(f"--seq-len must be ≥ 2, got {args.seq_len}")
+    tokenizer = tokenize.get_tokenizer(args.tokenizer)
+    docs = text.load_corpus(
+        args.corpus, tokenizer=tokenizer, min_tokens=args.seq_len, max_docs=args.max_docs
+    )
+    wanted = config.steps * config.batch_size + config.eval_size
+    chunks = text.chunk_documents(docs, args.seq_len, tokenizer=tokenizer, max_chunks=wanted)
+    if len(chunks) < config.eval_size + config.batch_size:
+        raise ValueError(
+            f"the corpus gives only {len(chunks)} chunks of {args.seq_len} tokens; need at least "
+            f"--eval-size + --batch = {config.eval_size + config.batch_size}"
+        )
+    order = np.random.default_rng(config.seed).permutation(len(chunks))
+    held_out = np.sort(order[: config.eval_size])
+    keep = np.sort(order[config.eval_size :])
+    return TextData(str(args.corpus), tokenizer, chunks[keep], chunks[held_out])
+
+
+def token_model(name: str, tokenizer, seq_len: int, **overrides) -> tuple[Any, int]:
+    """The token preset `name` sized for `tokenizer` and `seq_len`; returns (config, bos id).
+
+    A tokenizer without a BOS id gets one appended to its vocabulary.
+    """
+    from l2m_jax import models
+
+    config = models.preset(name, **overrides)
+    if config.head != "tokens":
+        tokens = [n for n, c in models.PRESETS.items() if c.head == "tokens"]
+        raise ValueError(
+            f"model {name!r} has a Gaussian head; text needs one of: {', '.join(tokens)}"
+        )
+    vocab, bos = tokenizer.vocab_size, tokenizer.bos_id
+    if bos is None:
+        bos, vocab = vocab, vocab + 1
+    changes = dict(vocab_size=vocab, bos_id=bos)
+    if config.max_positions:
+        changes["max_positions"] = seq_len
+    return dataclasses.replace(config, **changes), bos
+
+
+def _with_bos(chunks_BxL: np.ndarray, bos: int) -> np.ndarray:
+    bos_Bx1 = np.full((chunks_BxL.shape[0], 1), bos, np.int32)
+    return np.concatenate([bos_Bx1, chunks_BxL.astype(np.int32)], axis=1)
+
+
+def _epoch_batches(chunks_BxL: np.ndarray, bos: int, seed: int):
+    """batches(step, B): rows step·B ... step·B + B − 1 of a seeded shuffle per epoch."""
+    n = len(chunks_BxL)
+
+    @functools.lru_cache(maxsize=4)
+    def permutation(epoch: int) -> np.ndarray:
+        return np.random.default_rng([seed, epoch]).permutation(n)
+
+    def batches(step: int, batch: int) -> np.ndarray:
+        rows = np.arange(step * batch, (step + 1) * batch)
+        idx = np.array([permutation(int(r // n))[r % n] for r in rows])
+        return _with_bos(chunks_BxL[idx], bos)
+
+    return batches
+
+
+def train_text(
+    model_name: str,
+    data: TextData,
+    config,
+    *,
+    out: str | pathlib.Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Trains token preset `model_name` on `data` with NLL; returns a JSON-able summary."""
+    import jax
+
+    from l2m_jax import models, train
+
+    seq_len = data.train_BxL.shape[1]
+    model_config, bos = token_model(model_name, data.tokenizer, seq_len)
+    task = train.TokenTask(
+        apply_fn=functools.partial(models.apply, model_config),
+        batches=_epoch_batches(data.train_BxL, bos, config.seed),
+        seq_len=seq_len,
+        eval_data=_with_bos(data.eval_BxL, bos),
+    )
+    params = models.init(model_config, jax.random.key(config.seed + 1))
+    data_json = {
+        "corpus": data.corpus,
+        "tokenizer": data.tokenizer.name,
+        "seq_len": seq_len,
+        "train_chunks": len(data.train_BxL),
+        "eval_chunks": len(data.eval_BxL),
+    }
+    result = train.fit(
+        task,
+        params,
+        config,
+        out_dir=out,
+        resume=resume,
+        progress=progress,
+        run_config={"model": model_json(model_name, model_config), "data": data_json},
+        description=f"{model_name} L={seq_len}",
+    )
+    final = result.evals[-1]
+    return {
+        "model": model_name,
+        "model_type": type(model_config).__name__,
+        **data_json,
+        "params": models.param_count(params),
+        "steps": int(result.state.step),
+        "epochs": int(result.state.step) * config.batch_size / len(data.train_BxL),
+        "steps_per_s": result.steps_per_s,
+        "interrupted": result.interrupted,
+        "avg_nll": final["avg_nll"],
+        "nll_by_position": final["nll_by_position"],
+        "final_loss": result.history[-1]["loss"] if result.history else None,
+        "evals": [{k: e[k] for k in ("step", "avg_nll")} for e in result.evals],
+    }
+
+
 def smooth(values, window: int) -> np.ndarray:
     """Moving average over `window` positions (shorter at the edges)."""
     values = np.asarray(values, np.float64)
@@ -206,49 +372,72 @@ def plot_positions(runs: list[dict], metric: str, path, title: str) -> None:
     save_figure(fig, path)
 
 
+def _apply_defaults(args: argparse.Namespace) -> None:
+    defaults = dict(steps=2000, batch=8, lr=1e-2)
+    if args.preset is not None:
+        if args.data != "text" or args.preset not in TEXT_PRESETS:
+            raise ValueError(
+                f"unknown preset {args.preset!r} for --data {args.data}; presets: "
+                + ", ".join(f"--data text --preset {name}" for name in TEXT_PRESETS)
+                + " (the Gaussian sweep presets are `l2m sweep --preset`)"
+            )
+        defaults.update(TEXT_PRESETS[args.preset])
+    for name, value in defaults.items():
+        if getattr(args, name, None) is None:
+            setattr(args, name, value)
+    if args.model is None:
+        raise ValueError("--model is required (or --data text --preset cpu)")
+
+
 def run(args: argparse.Namespace) -> int:
     from l2m_jax import train
 
+    _apply_defaults(args)
     train.maybe_initialize_distributed()
     config = train_config(args)
     if args.resume and not args.out:
         raise ValueError("--resume needs --out (the run directory to continue)")
+    names = [n for n in args.model.split(",") if n]
     if args.data == "text":
-        from l2m_jax.experiments import _text_train
-
-        summary = _text_train.run_text(args, config)
-        metric = "nll"
+        data = text_data(args, config)
     else:
-        family = gaussian_family(
+        data = gaussian_family(
             args.data,
             args.channels,
             layers=args.layers,
             seq_len=args.seq_len,
             coupling=args.coupling,
         )
-        summary = train_gaussian(args.model, family, config, out=args.out, resume=args.resume)
-        metric = "kl"
+    summaries = []
+    for name in names:
+        out = args.out if args.out is None or len(names) == 1 else pathlib.Path(args.out) / name
+        if args.data == "text":
+            summary = train_text(name, data, config, out=out, resume=args.resume)
+        else:
+            summary = train_gaussian(name, data, config, out=out, resume=args.resume)
+        summaries.append(summary)
+        if summary["interrupted"]:
+            break
     rows = [
-        [
-            summary["model"],
-            summary["seq_len"],
-            summary["steps"],
-            summary.get("avg_kl", float("nan")),
-            summary["avg_nll"],
-            summary["steps_per_s"],
-        ]
+        [r["model"], r["seq_len"], r["steps"], r.get("avg_kl", "-"), r["avg_nll"], r["steps_per_s"]]
+        for r in summaries
     ]
     print_table(["model", "L", "steps", "avg KL", "avg NLL", "steps/s"], rows)
-    if summary["interrupted"]:
-        print(f"interrupted at step {summary['steps']}; checkpoint saved, continue with --resume")
-    if args.json:
-        write_json(args.json, summary)
-    if args.plot:
-        label = f"{summary['model']} (L={summary['seq_len']})"
-        plot_positions(
-            [{**summary, "label": label}],
-            metric,
-            args.plot,
-            f"{args.data}: position-wise {metric.upper()}",
+    interrupted = summaries[-1]["interrupted"]
+    if interrupted:
+        print(
+            f"interrupted at step {summaries[-1]['steps']}; checkpoint saved, continue with "
+            "the same command and --resume"
         )
-    return 130 if summary["interrupted"] else 0
+    if args.json:
+        write_json(args.json, {"data": args.data, "runs": summaries})
+    if args.plot:
+        metric = "nll" if args.data == "text" else "kl"
+        runs = [{**r, "label": f"{r['model']} (L={r['seq_len']})"} for r in summaries]
+        title = (
+            f"{args.corpus}: position-wise NLL"
+            if args.data == "text"
+            else (f"{args.data} family: position-wise KL")
+        )
+        plot_positions(runs, metric, args.plot, title)
+    return 130 if interrupted else 0

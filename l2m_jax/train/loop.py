@@ -150,6 +150,7 @@ def fit(
     eval_path = None if out is None else out / ckpt.EVAL_FILE
 
     sharding = batch_sharding(mesh)
+    constants = jax.device_put(task.constants, replicated(mesh))
     held_out = eval_set(task, mesh, config.eval_size, config.seed)
     start = int(jax.device_get(state.step))
     history: list[dict] = []
@@ -177,7 +178,9 @@ def fit(
             bar.set_postfix(post, refresh=False)
 
     def run_eval(step):
-        record = _eval_record(step, evaluate(state.params, task, held_out, config.batch_size))
+        record = _eval_record(
+            step, evaluate(state.params, task, held_out, config.batch_size, constants)
+        )
         evals.append(record)
         _append_jsonl(eval_path, [record])
 
@@ -200,6 +203,7 @@ def fit(
                 state, metrics = train_step(
                     state,
                     batch,
+                    constants,
                     task=task,
                     optimizer=optimizer,
                     batch_size=config.batch_size,
@@ -231,7 +235,9 @@ def fit(
             flush(bar)
             if start >= config.steps:  # resumed a finished run: report its final metrics
                 evals.append(
-                    _eval_record(start, evaluate(state.params, task, held_out, config.batch_size))
+                    _eval_record(
+                        start, evaluate(state.params, task, held_out, config.batch_size, constants)
+                    )
                 )
     finally:
         bar.close()

@@ -124,11 +124,21 @@ class GaussianTask:
     def sample(self, key: jax.Array, batch: int) -> jax.Array:
         return self.family.sample(key, batch, bos=True)
 
-    def per_token(self, params: Any, x_BxL1xC: jax.Array) -> dict[str, jax.Array]:
+    @property
+    def constants(self) -> Any:
+        """The exact linear predictor: passed into the jitted steps as an argument (at large L
+        it is big, and must not be baked into the compiled program)."""
+        return self.family.predictor
+
+    def per_token(
+        self, params: Any, x_BxL1xC: jax.Array, constants: Any = None
+    ) -> dict[str, jax.Array]:
+        from l2m_jax.sources.gaussian import conditionals
+
         inputs_BxLxC, targets_BxLxC = x_BxL1xC[:, :-1], x_BxL1xC[:, 1:]
         mean_q, std_q = _mean_std(self.apply_fn(params, inputs_BxLxC))
-        mean_p, std_p = self.family.conditionals(targets_BxLxC)
-        mean_p, std_p = jax.lax.stop_gradient((mean_p, std_p))
+        predictor = self.constants if constants is None else constants
+        mean_p, std_p = jax.lax.stop_gradient(conditionals(predictor, targets_BxLxC))
         return {
             "kl": gaussian_kl(mean_p, std_p, mean_q, std_q).mean(-1),
             "nll": gaussian_nll(targets_BxLxC, mean_q, std_q).mean(-1),
@@ -158,7 +168,12 @@ class TokenTask:
     seq_len: int
     eval_data: np.ndarray
 
-    def per_token(self, params: Any, tokens_BxL1: jax.Array) -> dict[str, jax.Array]:
+    constants = None
+
+    def per_token(
+        self, params: Any, tokens_BxL1: jax.Array, constants: Any = None
+    ) -> dict[str, jax.Array]:
+        del constants
         logits_BxLxV = self.apply_fn(params, tokens_BxL1[:, :-1])
         return {"nll": token_nll(logits_BxLxV, tokens_BxL1[:, 1:])}
 
@@ -183,20 +198,22 @@ Task = GaussianTask | TokenTask
 def train_step(
     state: TrainState,
     batch: jax.Array | None,
+    constants: Any = None,
     *,
     task: Task,
     optimizer: optax.GradientTransformation,
     batch_size: int,
     sharding: NamedSharding,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimiser step. `batch` is None for Gaussian tasks (fresh samples drawn here)."""
+    """One optimiser step. `batch` is None for Gaussian tasks (fresh samples drawn here);
+    `constants` is `task.constants` (the data's exact conditionals, or None)."""
     rng, key = jax.random.split(jax.random.wrap_key_data(state.rng))
     if batch is None:
         batch = task.sample(key, batch_size)
     batch = jax.lax.with_sharding_constraint(batch, sharding)
 
     def loss_fn(params):
-        per_token = task.per_token(params, batch)
+        per_token = task.per_token(params, batch, constants)
         means = {name: value.mean() for name, value in per_token.items()}
         return means[task.loss_name], means
 
@@ -209,8 +226,9 @@ def train_step(
 
 
 @functools.partial(jax.jit, static_argnames=("task",))
-def _eval_sums(params: Any, batch: jax.Array, *, task: Task) -> dict[str, jax.Array]:
-    return {name: value.sum(0) for name, value in task.per_token(params, batch).items()}
+def _eval_sums(params: Any, batch: jax.Array, constants: Any, *, task: Task) -> dict:
+    per_token = task.per_token(params, batch, constants)
+    return {name: value.sum(0) for name, value in per_token.items()}
 
 
 def eval_set(task: Task, mesh: Mesh, size: int, seed: int) -> jax.Array:
@@ -226,8 +244,12 @@ def _sample(key: jax.Array, *, task: GaussianTask, size: int, sharding: NamedSha
     return jax.lax.with_sharding_constraint(task.sample(key, size), sharding)
 
 
-def evaluate(params: Any, task: Task, data: jax.Array, chunk: int) -> dict[str, Any]:
+def evaluate(
+    params: Any, task: Task, data: jax.Array, chunk: int, constants: Any = None
+) -> dict[str, Any]:
     """Position-wise and average metrics on held-out `data`, `chunk` sequences per call.
+
+    `constants` defaults to `task.constants` (pass a device copy to avoid transfers).
 
     Returns numpy/float values: `kl_by_position`, `avg_kl` (Gaussian tasks only),
     `nll_by_position`, `avg_nll`.
@@ -236,8 +258,9 @@ def evaluate(params: Any, task: Task, data: jax.Array, chunk: int) -> dict[str, 
     if n % chunk:
         raise ValueError(f"held-out set of {n} sequences is not a multiple of the chunk {chunk}")
     totals: dict[str, jax.Array] = {}
+    constants = task.constants if constants is None else constants
     for start in range(0, n, chunk):
-        sums = _eval_sums(params, data[start : start + chunk], task=task)
+        sums = _eval_sums(params, data[start : start + chunk], constants, task=task)
         totals = sums if not totals else jax.tree.map(jnp.add, totals, sums)
     out: dict[str, Any] = {}
     for name, total in jax.device_get(totals).items():
