@@ -191,19 +191,19 @@ def _chunks(docs: Iterable, vocab_size: int, key_dtype, chunk: int, halo: int) -
 # ---------------------------------------------------------------------------- table algebra
 
 
-def _run_lengths(sorted_keys: np.ndarray, positions: np.ndarray, new: np.ndarray) -> CountTable:
-    """Distinct keys and run lengths; `positions` (int32 arange) and `new` are scratch ≥ size."""
+def _run_lengths(sorted_keys: np.ndarray, new: np.ndarray) -> CountTable:
+    """Distinct keys and their run lengths; `new` is a bool scratch buffer ≥ size."""
     n = sorted_keys.size
     if n == 0:
         return CountTable(sorted_keys, np.zeros(0, np.int32))
     new = new[:n]
     new[0] = True
     np.not_equal(sorted_keys[1:], sorted_keys[:-1], out=new[1:])
-    starts = positions[:n][new]
-    counts = np.empty(starts.size, np.int32)
-    np.subtract(starts[1:], starts[:-1], out=counts[:-1])
+    starts = np.flatnonzero(new)
+    counts = np.empty(starts.size, np.int32)  # < n ≤ 2^30
+    np.subtract(starts[1:], starts[:-1], out=counts[:-1], casting="unsafe")
     counts[-1] = n - starts[-1]
-    return CountTable(sorted_keys[new], counts)
+    return CountTable(sorted_keys[starts], counts)
 
 
 def _count_dtype(total: int):
@@ -262,7 +262,6 @@ def _numpy_tables(chunk: _Chunk, patterns, vocab_size: int) -> list[CountTable]:
     """Counts a chunk on the host, patterns spread over threads; each reuses its buffers."""
     n, dtype = chunk.starts, chunk.tokens.dtype
     base, sentinel = dtype.type(vocab_size), np.iinfo(dtype).max
-    positions = np.arange(n, dtype=np.int32)
     heads = {first for first, *_ in patterns if len(patterns) > 1}
     head = {f: chunk.tokens[f : f + n] * base for f in heads}  # t0·V, shared by pairs
     scratch = threading.local()
@@ -293,7 +292,7 @@ def _numpy_tables(chunk: _Chunk, patterns, vocab_size: int) -> list[CountTable]:
         # sort in place; invalid starts carry the sentinel and sort to the end
         np.copyto(key, sentinel, where=invalid)
         key.sort()
-        return _run_lengths(key[: n - np.count_nonzero(invalid)], positions, scratch.new)
+        return _run_lengths(key[: n - np.count_nonzero(invalid)], scratch.new)
 
     workers = min(len(patterns), _host_workers())
     if workers == 1 or n < 1 << 16:
