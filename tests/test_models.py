@@ -266,7 +266,7 @@ def test_history_state_size_matches_the_cache():
             for pos in (0, 1, 7, 16):
                 size = models.history_state_size(config, pos)
                 # keys and values of rows < pos in one layer of one sequence
-                kv_rows = 2 * cache.k[0, 0, :, :pos].size
+                kv_rows = 2 * cache.k[0][0, :, :pos].size
                 assert size.per_layer == kv_rows == 2 * config.kv_heads * config.head_dim * pos
                 assert size.total == config.n_layers * size.per_layer
         else:

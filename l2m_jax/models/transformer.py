@@ -22,10 +22,11 @@ GGUF checkpoints store Q/K with adjacent pairs (2i, 2i+1): permute the rows of e
 block when importing (new[:, h·E + i] = old[:, h·E + 2i], new[:, h·E + E/2 + i] = old[:, h·E +
 2i + 1]).
 
-Generation uses a preallocated `KVCache` ([n, B, K, S, E] keys and values, per-sequence int32
-lengths); decoding one token writes through `kernels.decode_attention.append_kv` and attends
-with `kernels.decode_attention.decode_attention`. Whole sequences and prefill use plain causal
-attention (`jax.nn.dot_product_attention`, by query blocks that skip the masked triangle).
+Generation uses a preallocated `KVCache` (per layer [B, K, S, E] keys and values, per-sequence
+int32 lengths; donate it to the jitted step); decoding one token writes through
+`kernels.decode_attention.append_kv` and attends with `kernels.decode_attention.decode_attention`.
+Whole sequences and prefill use plain causal attention (`jax.nn.dot_product_attention`, by
+query blocks that skip the masked triangle).
 
 Past the cache capacity S (or the learned positions P): Python-level checks raise ValueError
 whenever lengths are static or concrete (eager calls, shapes under jit). Under jit with traced
@@ -146,8 +147,8 @@ class TransformerConfig:
 class KVCache(NamedTuple):
     """Preallocated keys/values of every layer and the number of valid rows per sequence."""
 
-    k: jax.Array  # [n_layers, B, K, S, E]
-    v: jax.Array  # [n_layers, B, K, S, E]
+    k: tuple[jax.Array, ...]  # n_layers x [B, K, S, E]
+    v: tuple[jax.Array, ...]  # n_layers x [B, K, S, E]
     lengths: jax.Array  # [B] int32
 
 
@@ -298,20 +299,24 @@ def init_cache(config: TransformerConfig, batch: int, max_len: int) -> KVCache:
     _layers.check_positive("batch", batch)
     _layers.check_positive("max_len", max_len)
     heads.check_positions(config, max_len)
-    shape = (config.n_layers, batch, config.kv_heads, max_len, config.head_dim)
+    shape = (batch, config.kv_heads, max_len, config.head_dim)
+    zeros = tuple(jnp.zeros(shape, jnp.float32) for _ in range(config.n_layers))
     return KVCache(
-        jnp.zeros(shape, jnp.float32), jnp.zeros(shape, jnp.float32), jnp.zeros((batch,), jnp.int32)
+        zeros, tuple(jnp.zeros(shape, jnp.float32) for _ in zeros), jnp.zeros((batch,), jnp.int32)
     )
 
 
 def _check_cache(config, cache, batch, new):
     if not isinstance(cache, KVCache):
         raise TypeError(f"cache must be a KVCache from init_cache, got {type(cache).__name__}")
-    n, B, K, S, E = cache.k.shape
-    if (n, K, E) != (config.n_layers, config.kv_heads, config.head_dim) or batch != B:
+    shapes = {tuple(a.shape) for a in (*cache.k, *cache.v)}
+    S = next(iter(shapes))[2] if len(shapes) == 1 and len(next(iter(shapes))) == 4 else None
+    want = (batch, config.kv_heads, S, config.head_dim)
+    if S is None or shapes != {want} or len(cache.k) != config.n_layers != len(cache.v):
         raise ValueError(
-            f"cache has shape {tuple(cache.k.shape)}, which does not fit this config and a "
-            f"batch of {batch}; create it with init_cache(config, {batch}, max_len)"
+            f"cache holds {len(cache.k)} layers of shapes {sorted(shapes)}, which do not fit "
+            f"this config and a batch of {batch}; create it with init_cache(config, {batch}, "
+            "max_len)"
         )
     if new > S:
         raise ValueError(
@@ -325,6 +330,20 @@ def _check_cache(config, cache, batch, new):
 def _nan_if_past(config, out, lengths_B, new, S):
     limit = min(S, config.num_positions) if config.num_positions else S
     return jax.tree.map(lambda a: _layers.overflow_to_nan(a, lengths_B, new, limit), out)
+
+
+def _cached_layers(config, params, x_BxLxD, positions_BxL, cache, attend_with):
+    """Runs the layers one by one (a Python loop, not a scan), so that each layer's cache is
+    its own buffer, updated in place when donated: a decode step then touches only the new
+    row and the valid rows, never copies the whole cache."""
+    ks, vs = [], []
+    for i in range(config.n_layers):
+        layer = jax.tree.map(lambda a, i=i: a[i], params["layers"])
+        attend = attend_with(cache.k[i], cache.v[i])
+        x_BxLxD, (k, v) = _layer(config, layer, x_BxLxD, positions_BxL, attend)
+        ks.append(k)
+        vs.append(v)
+    return x_BxLxD, tuple(ks), tuple(vs)
 
 
 def prefill(config: TransformerConfig, params: dict, inputs, cache: KVCache):
@@ -345,9 +364,7 @@ def prefill(config: TransformerConfig, params: dict, inputs, cache: KVCache):
         lambda c_KxSxE, new_KxLxE, s: lax.dynamic_update_slice(c_KxSxE, new_KxLxE, (0, s, 0))
     )
 
-    def body(x_BxLxD, layer_and_cache):
-        layer, k_BxKxSxE, v_BxKxSxE = layer_and_cache
-
+    def attend_with(k_BxKxSxE, v_BxKxSxE):
         def attend(q_BxLxHxE, k_BxLxKxE, v_BxLxKxE):
             k_cache = write(k_BxKxSxE, jnp.swapaxes(k_BxLxKxE, 1, 2), lengths_B)
             v_cache = write(v_BxKxSxE, jnp.swapaxes(v_BxLxKxE, 1, 2), lengths_B)
@@ -359,9 +376,9 @@ def prefill(config: TransformerConfig, params: dict, inputs, cache: KVCache):
             )
             return o, (k_cache, v_cache)
 
-        return _layer(config, layer, x_BxLxD, positions_BxL, attend)
+        return attend
 
-    x_BxLxD, (k, v) = lax.scan(body, x_BxLxD, (params["layers"], cache.k, cache.v))
+    x_BxLxD, k, v = _cached_layers(config, params, x_BxLxD, positions_BxL, cache, attend_with)
     out = heads.output(config, params, _norm(config, params["final_norm"], x_BxLxD))
     return _nan_if_past(config, out, lengths_B, L, S), KVCache(k, v, lengths_B + L)
 
@@ -376,9 +393,7 @@ def decode_step(config: TransformerConfig, params: dict, input_B, cache: KVCache
     positions_Bx1 = lengths_B[:, None]
     x_Bx1xD = heads.embed(config, params, input_B[:, None], positions_Bx1)
 
-    def body(x_Bx1xD, layer_and_cache):
-        layer, k_BxKxSxE, v_BxKxSxE = layer_and_cache
-
+    def attend_with(k_BxKxSxE, v_BxKxSxE):
         def attend(q_Bx1xHxE, k_Bx1xKxE, v_Bx1xKxE):
             k_cache, v_cache = append_kv(
                 k_BxKxSxE, v_BxKxSxE, k_Bx1xKxE[:, 0], v_Bx1xKxE[:, 0], lengths_B
@@ -393,8 +408,8 @@ def decode_step(config: TransformerConfig, params: dict, input_B, cache: KVCache
             )
             return o_BxHxE[:, None], (k_cache, v_cache)
 
-        return _layer(config, layer, x_Bx1xD, positions_Bx1, attend)
+        return attend
 
-    x_Bx1xD, (k, v) = lax.scan(body, x_Bx1xD, (params["layers"], cache.k, cache.v))
+    x_Bx1xD, k, v = _cached_layers(config, params, x_Bx1xD, positions_Bx1, cache, attend_with)
     out = heads.output(config, params, _norm(config, params["final_norm"], x_Bx1xD[:, 0]))
     return _nan_if_past(config, out, lengths_B, 1, S), KVCache(k, v, lengths_B + 1)
