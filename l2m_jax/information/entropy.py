@@ -82,6 +82,17 @@ def _padded(x: np.ndarray, fill=0) -> np.ndarray:
     return np.concatenate([x, np.full(size - x.size, fill, x.dtype)])
 
 
+def _is_traced(x) -> bool:
+    """True under jit/vmap tracing (the values are not known), without jax.core internals."""
+    if x is None or not isinstance(x, jax.Array):
+        return False
+    try:
+        np.asarray(x)
+    except jax.errors.TracerArrayConversionError:
+        return True
+    return False
+
+
 def _check_counts(counts, name: str) -> np.ndarray:
     arr = np.asarray(counts)
     if arr.ndim != 1:
@@ -116,8 +127,7 @@ def entropy(counts, method: str = "grassberger", *, multiplicity=None) -> Entrop
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    traced = isinstance(counts, jax.core.Tracer) or isinstance(multiplicity, jax.core.Tracer)
-    if traced:
+    if _is_traced(counts) or _is_traced(multiplicity):
         m = jnp.ones_like(counts) if multiplicity is None else multiplicity
         return _entropy(counts, m, method)
     counts = _check_counts(counts, "counts")
