@@ -95,6 +95,12 @@ def test_fit_is_the_offset_power_law_of_the_estimates():
     assert result.alpha_stderr == pytest.approx(fit.exponent_stderr)
     assert result.amplitude == pytest.approx(fit.amplitude)
     assert result.offset == pytest.approx(fit.offset)
+    ranged = two_point_mi_from_counts(counts, fit_range=(1, 6))
+    np.testing.assert_array_equal(ranged.fit_distances, [1, 2, 3, 4, 6])
+    fit = fit_power_law(ranged.fit_distances, result.mi[:5], offset=True)
+    assert ranged.alpha == pytest.approx(-fit.exponent)
+    with pytest.raises(ValueError, match="fit_range"):
+        two_point_mi_from_counts(counts, fit_range=(5, 2))
     # fewer than 4 positive estimates: no fit, and no made-up numbers
     short = two_point_mi_from_counts(count_pairs(docs, [1, 2, 3], 8))
     assert short.alpha is None and short.offset is None and short.fit_distances.size == 0

@@ -45,7 +45,7 @@ class TwoPointResult(NamedTuple):
       alpha_stderr: standard error of α.
       amplitude: A.
       offset: C, the part of Î attributed to the estimator's bias.
-      fit_distances: the distances the fit used (those with Î > 0).
+      fit_distances: the distances the fit used (Î > 0, within `fit_range`).
       tokens: tokens counted; documents: non-empty documents counted.
     """
 
@@ -98,14 +98,25 @@ def _one_distance(counts: PairCounts, k: int) -> tuple[float, float, int]:
     return float(mi), math.sqrt(variance / total), total
 
 
-def two_point_mi_from_counts(counts: PairCounts) -> TwoPointResult:
-    """I_TP(d) with standard errors and the bias-corrected fit, from `count_pairs` output."""
+def two_point_mi_from_counts(
+    counts: PairCounts, *, fit_range: tuple[int, int] | None = None
+) -> TwoPointResult:
+    """I_TP(d) with standard errors and the bias-corrected fit, from `count_pairs` output.
+
+    `fit_range=(lo, hi)` fits only distances lo ≤ d ≤ hi (default: all); either way only
+    distances with Î > 0 enter the log-log fit, and at least 4 are needed.
+    """
     per_d = [_one_distance(counts, k) for k in range(len(counts.distances))]
     distances = np.asarray(counts.distances, np.int64)
     mi = np.array([m for m, _, _ in per_d])
     stderr = np.array([s for _, s, _ in per_d])
     pairs = np.array([n for _, _, n in per_d], np.int64)
     positive = mi > 0
+    if fit_range is not None:
+        lo, hi = fit_range
+        if not 1 <= lo <= hi:
+            raise ValueError(f"fit_range must be (lo, hi) with 1 ≤ lo ≤ hi, got {fit_range!r}")
+        positive &= (distances >= lo) & (distances <= hi)
     alpha = alpha_stderr = amplitude = offset = None
     if positive.sum() >= 4:  # A, α, C and one degree of freedom for the stderr
         fit = fit_power_law(distances[positive], mi[positive], offset=True)
@@ -135,6 +146,7 @@ def two_point_mi(
     implementation: str = "auto",
     devices: Sequence[jax.Device] | None = None,
     progress: bool = True,
+    fit_range: tuple[int, int] | None = None,
 ) -> TwoPointResult:
     """Two-point MI Î_TP(d) in nats for every distance, with standard errors and the fit.
 
@@ -145,6 +157,8 @@ def two_point_mi(
       distances: distinct integers d ≥ 1.
       vocab_size: V (ids must lie in [0, V)); inferred as max id + 1 if None.
       chunk_tokens, implementation, devices, progress: passed to `count_pairs`.
+      fit_range: (lo, hi) distances the power-law fit uses (default: all with Î > 0). The
+        bias grows where pairs get fewer (large d), which a constant C cannot absorb.
     """
     counts = count_pairs(
         tokens_or_docs,
@@ -155,4 +169,4 @@ def two_point_mi(
         devices=devices,
         progress=progress,
     )
-    return two_point_mi_from_counts(counts)
+    return two_point_mi_from_counts(counts, fit_range=fit_range)
