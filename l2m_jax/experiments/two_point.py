@@ -16,8 +16,7 @@ Tokens come from one of:
 
 Examples:
   l2m two-point --source markov --docs 1000 --length 1000 --distances 1-64
-  l2m two-point --corpus sword --tokenizer gpt2 --distances 1..4096 --fit-range 1-512 \
-      --json tp.json --plot tp.png
+  l2m two-point --corpus sword --tokenizer gpt2 --fit-range 1-512 --json tp.json --plot tp.png
   l2m two-point --tokens corpus.npz --vocab-size 50257 --distances 1..1024
 """
 

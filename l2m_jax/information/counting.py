@@ -470,7 +470,9 @@ def count_pairs(
         arrays, or any iterable of them (streamed; then `vocab_size` is required).
       distances: distinct integers d ≥ 1.
       vocab_size: V; token ids must lie in [0, V). Inferred as max id + 1 if None.
-      chunk_tokens: start positions per chunk (bounds memory: ~12 bytes × chunk per distance).
+      chunk_tokens: start positions per chunk. Memory: about 16 bytes per chunk token plus
+        6 per token and thread (host path) for the working buffers, and 8 bytes per distinct
+        pair (key + count) for each distance's table.
       implementation: "auto", "numpy" or "xla" (see the module docstring).
       devices: devices the "xla" path shards each chunk over (default: all local devices).
       progress: show a progress bar for runs longer than 2 s.
