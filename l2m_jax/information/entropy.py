@@ -76,6 +76,15 @@ def _count_of_counts(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return s[starts], np.diff(np.append(starts, s.size))
 
 
+@functools.cache
+def _host_device():
+    """The CPU device: eager estimates from host counts stay in host float64 (TPUs lack it)."""
+    try:
+        return jax.devices("cpu")[0]
+    except RuntimeError:  # JAX_PLATFORMS without cpu: use the default device
+        return None
+
+
 def _padded(x: np.ndarray, fill=0) -> np.ndarray:
     """Pads to a power-of-two length (at least 64) so eager calls compile a few shapes only."""
     size = max(64, 1 << max(int(x.size) - 1, 0).bit_length())
@@ -142,14 +151,14 @@ def entropy(counts, method: str = "grassberger", *, multiplicity=None) -> Entrop
         values, mult = counts, mult
     if not np.any((values > 0) & (mult > 0)):
         raise ValueError("counts are empty (they sum to zero); an entropy needs samples")
-    with jax.enable_x64(True):
+    with jax.enable_x64(True), jax.default_device(_host_device()):
         est = _entropy(_padded(values), _padded(mult), method)
         return EntropyEstimate(np.float64(est.value), np.float64(est.stderr))
 
 
 def _grassberger_g_host(values: np.ndarray) -> np.ndarray:
     """G at positive integer values, in float64, as a NumPy array (same G as `entropy`)."""
-    with jax.enable_x64(True):
+    with jax.enable_x64(True), jax.default_device(_host_device()):
         g = _g_jit(_padded(np.asarray(values, np.float64), 1.0))
         return np.asarray(g)[: len(values)]
 
