@@ -63,7 +63,9 @@ def _entropy(values_U, multiplicity_U, method):
 
 def _count_of_counts(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Distinct positive count values (ascending) and how many bins hold each."""
-    counts = counts[counts > 0].astype(np.int64, copy=False)
+    if counts.size and counts.min() <= 0:
+        counts = counts[counts > 0]
+    counts = counts.astype(np.int64, copy=False)
     if counts.size == 0:
         return counts, counts
     top = int(counts.max())
@@ -86,8 +88,10 @@ def _host_device():
 
 
 def _padded(x: np.ndarray, fill=0) -> np.ndarray:
-    """Pads to a power-of-two length (at least 64) so eager calls compile a few shapes only."""
-    size = max(64, 1 << max(int(x.size) - 1, 0).bit_length())
+    """Pads to 4096 · 4^k entries so eager calls compile very few shapes (zeros are inert)."""
+    size = 4096
+    while size < x.size:
+        size *= 4
     return np.concatenate([x, np.full(size - x.size, fill, x.dtype)])
 
 

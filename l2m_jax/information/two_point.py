@@ -62,15 +62,19 @@ class TwoPointResult(NamedTuple):
     documents: int
 
 
-def _g_of(counts: np.ndarray) -> np.ndarray:
-    """G(n) for each entry, evaluating the digamma only at the distinct counts."""
-    values, _ = _count_of_counts(counts)
+def _entropy_and_g(counts: np.ndarray) -> tuple[float, np.ndarray]:
+    """Grassberger entropy of a histogram and G(n) at each entry (0 where n = 0).
+
+    One count-of-counts serves both: the digamma runs only at the distinct counts.
+    """
+    values, multiplicity = _count_of_counts(counts)
+    h = float(entropy(values, multiplicity=multiplicity).value)
     g_values = _grassberger_g_host(values)
     if values[-1] <= 1 << 24:  # dense lookup table
-        table = np.zeros(int(values[-1]) + 1)
-        table[values] = g_values
-        return table[counts]
-    return g_values[np.searchsorted(values, counts)]
+        lookup = np.zeros(int(values[-1]) + 1)
+        lookup[values] = g_values
+        return h, lookup[counts]
+    return h, np.where(counts > 0, g_values[np.searchsorted(values, counts)], 0.0)
 
 
 def _one_distance(counts: PairCounts, k: int) -> tuple[float, float, int]:
@@ -80,22 +84,22 @@ def _one_distance(counts: PairCounts, k: int) -> tuple[float, float, int]:
             f"no pairs at distance {counts.distances[k]}: every document is shorter than "
             f"{counts.distances[k] + 1} tokens; drop that distance"
         )
-    first = (table.keys // table.keys.dtype.type(vocab)).astype(np.intp)
-    second = (table.keys % table.keys.dtype.type(vocab)).astype(np.intp)
-    n_first = np.bincount(first, weights=table.counts, minlength=vocab).astype(np.int64)
-    n_second = np.bincount(second, weights=table.counts, minlength=vocab).astype(np.int64)
-    mi = (
-        entropy(n_first).value + entropy(n_second).value - entropy(table.counts).value
-    )  # the three Grassberger entropies, float64
+    first, second = np.divmod(table.keys, table.keys.dtype.type(vocab))
+    weights = table.counts.astype(np.float64)  # exact below 2^53
+    n_first = np.bincount(first, weights=weights, minlength=vocab).astype(np.int64)
+    n_second = np.bincount(second, weights=weights, minlength=vocab).astype(np.int64)
+    h_first, g_first = _entropy_and_g(n_first)
+    h_second, g_second = _entropy_and_g(n_second)
+    h_pair, t = _entropy_and_g(table.counts)
+    mi = h_first + h_second - h_pair
     total = int(table.counts.sum())
-    g_first = np.zeros(vocab)
-    g_second = np.zeros(vocab)
-    seen_first, seen_second = n_first > 0, n_second > 0
-    g_first[seen_first] = _g_of(n_first[seen_first])
-    g_second[seen_second] = _g_of(n_second[seen_second])
-    t = _g_of(table.counts) - g_first[first] - g_second[second] + math.log(total)
-    variance = float(np.dot(table.counts, (t - mi) ** 2)) / total
-    return float(mi), math.sqrt(variance / total), total
+    # t(a, b) − Î = G(n_ab) − G(n_a) − G(n_b) + log N − Î, built in place
+    t -= g_first[first]
+    t -= g_second[second]
+    t += math.log(total) - mi
+    np.square(t, out=t)
+    variance = float(np.dot(weights, t)) / total
+    return mi, math.sqrt(variance / total), total
 
 
 def two_point_mi_from_counts(
