@@ -131,16 +131,22 @@ def gaussian_family(kind: str, channels: int, *, layers=None, seq_len=None, coup
     return make(layers, channels, coupling=coupling)
 
 
-def gaussian_model(name: str, family, **overrides) -> Any:
-    """The preset `name` (with `overrides`) with the family's channels and L positions."""
+def _check_head(name: str, head: str, **overrides) -> Any:
+    """The preset `name`; ValueError unless it has `head` ("gaussian" or "tokens")."""
     from l2m_jax import models
 
     config = models.preset(name, **overrides)
-    if config.head != "gaussian":
-        gaussian = [n for n, c in models.PRESETS.items() if c.head == "gaussian"]
-        raise ValueError(
-            f"model {name!r} has a token head; Gaussian data needs one of: {', '.join(gaussian)}"
-        )
+    if config.head != head:
+        fits = [n for n, c in models.PRESETS.items() if c.head == head]
+        has = "a token head" if head == "gaussian" else "a Gaussian head"
+        data = "Gaussian data" if head == "gaussian" else "text"
+        raise ValueError(f"model {name!r} has {has}; {data} needs one of: {', '.join(fits)}")
+    return config
+
+
+def gaussian_model(name: str, family, **overrides) -> Any:
+    """The preset `name` (with `overrides`) with the family's channels and L positions."""
+    config = _check_head(name, "gaussian", **overrides)
     return dataclasses.replace(config, channels=family.channels, max_positions=family.length)
 
 
@@ -251,14 +257,7 @@ def token_model(name: str, tokenizer, seq_len: int, **overrides) -> tuple[Any, i
 
     A tokenizer without a BOS id gets one appended to its vocabulary.
     """
-    from l2m_jax import models
-
-    config = models.preset(name, **overrides)
-    if config.head != "tokens":
-        tokens = [n for n, c in models.PRESETS.items() if c.head == "tokens"]
-        raise ValueError(
-            f"model {name!r} has a Gaussian head; text needs one of: {', '.join(tokens)}"
-        )
+    config = _check_head(name, "tokens", **overrides)
     vocab, bos = tokenizer.vocab_size, tokenizer.bos_id
     if bos is None:
         bos, vocab = vocab, vocab + 1
@@ -398,6 +397,8 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and not args.out:
         raise ValueError("--resume needs --out (the run directory to continue)")
     names = [n for n in args.model.split(",") if n]
+    for name in names:  # before any data is loaded
+        _check_head(name, "tokens" if args.data == "text" else "gaussian")
     if args.data == "text":
         data = text_data(args, config)
     else:
