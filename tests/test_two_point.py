@@ -40,6 +40,8 @@ def test_markov_chain_recovers_exact_two_point_mi():
     assert np.all(result.stderr > 0)
     # The bias-corrected fit uses the positive estimates and reports a decay.
     assert result.alpha is not None and result.alpha > 0 and result.alpha_stderr > 0
+    stop = distances[np.argmin(result.mi)]  # "auto": up to the smallest estimate
+    assert 10 < stop < 64 and result.fit_distances.max() == stop
     assert 0 < result.offset < result.mi[result.mi > 0].min()
 
 
@@ -86,7 +88,7 @@ def test_fit_is_the_offset_power_law_of_the_estimates():
     docs = [rng.integers(0, 8, 3000) for _ in range(4)]
     docs = [np.repeat(doc, 3)[: doc.size] for doc in docs]  # short-range structure
     counts = count_pairs(docs, [1, 2, 3, 4, 6, 8], 8)
-    result = two_point_mi_from_counts(counts)
+    result = two_point_mi_from_counts(counts, fit_range="all")
     positive = result.mi > 0
     np.testing.assert_array_equal(result.fit_distances, result.distances[positive])
     assert positive.sum() >= 4
@@ -99,10 +101,15 @@ def test_fit_is_the_offset_power_law_of_the_estimates():
     np.testing.assert_array_equal(ranged.fit_distances, [1, 2, 3, 4, 6])
     fit = fit_power_law(ranged.fit_distances, result.mi[:5], offset=True)
     assert ranged.alpha == pytest.approx(-fit.exponent)
-    with pytest.raises(ValueError, match="fit_range"):
-        two_point_mi_from_counts(counts, fit_range=(5, 2))
+    # "auto" stops at the smallest estimate (past it the bias grows as pairs get fewer)
+    auto = two_point_mi_from_counts(counts)
+    last = result.distances[np.argmin(result.mi)]
+    np.testing.assert_array_equal(auto.fit_distances, result.distances[result.distances <= last])
+    for bad in [(5, 2), "some", (0, 3)]:
+        with pytest.raises(ValueError, match="fit_range"):
+            two_point_mi_from_counts(counts, fit_range=bad)
     # fewer than 4 positive estimates: no fit, and no made-up numbers
-    short = two_point_mi_from_counts(count_pairs(docs, [1, 2, 3], 8))
+    short = two_point_mi_from_counts(count_pairs(docs, [1, 2, 3], 8), fit_range="all")
     assert short.alpha is None and short.offset is None and short.fit_distances.size == 0
 
 

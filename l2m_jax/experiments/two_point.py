@@ -3,8 +3,8 @@
 Counts the ordered pairs (w_i, w_i+d) inside documents for every distance in one pass and
 estimates Î_TP(d) with Grassberger entropies (± delta-method standard errors, iid pairs), then
 fits Î = A·d^−α + C (C absorbs the estimator's positive bias) and reports α ± stderr. The bias
-grows where pairs get fewer (the largest d), which a constant C cannot absorb: restrict the fit
-with --fit-range when Î turns up at large d.
+grows where pairs get fewer (the largest d), which a constant C cannot absorb, so by default
+the fit stops at the distance of the smallest estimate (--fit-range all|a-b to choose).
 
 Tokens come from one of:
   --tokens FILE           .npy of int token ids: [T] is one document, [n_docs, T] is n_docs
@@ -16,7 +16,7 @@ Tokens come from one of:
 
 Examples:
   l2m two-point --source markov --docs 1000 --length 1000 --distances 1-64
-  l2m two-point --corpus sword --tokenizer gpt2 --fit-range 1-512 --json tp.json --plot tp.png
+  l2m two-point --corpus sword --tokenizer gpt2 --distances 1..4096 --json tp.json --plot tp.png
   l2m two-point --tokens corpus.npz --vocab-size 50257 --distances 1..1024
 """
 
@@ -54,7 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="counting: NumPy on CPU, sharded XLA sort on GPU/TPU (auto)",
     )
     est.add_argument(
-        "--fit-range", type=int_range, default=None, help="distances to fit, e.g. 1-512 (all)"
+        "--fit-range",
+        default="auto",
+        help="distances to fit: auto (up to the smallest estimate; default), all, or e.g. 1-512",
     )
     est.add_argument("--chunk-tokens", type=int, default=1 << 24, help="tokens per chunk")
     out = parser.add_argument_group("output")
@@ -112,6 +114,13 @@ def _documents(args) -> tuple[list[np.ndarray], int | None, object, str]:
     return docs, tokenizer.vocab_size, None, f"{args.corpus} ({args.tokenizer})"
 
 
+def _fit_range(text: str):
+    if text in ("auto", "all"):
+        return text
+    ds = int_range(text)
+    return min(ds), max(ds)
+
+
 def measure(args: argparse.Namespace) -> dict:
     """Counts, estimates and fits as the arguments say; returns every figure as a dict."""
     from l2m_jax.information import two_point_mi
@@ -125,7 +134,7 @@ def measure(args: argparse.Namespace) -> dict:
         chunk_tokens=args.chunk_tokens,
         implementation=args.implementation,
         progress=not args.quiet,
-        fit_range=None if args.fit_range is None else (min(args.fit_range), max(args.fit_range)),
+        fit_range=_fit_range(args.fit_range),
     )
     seconds = time.perf_counter() - t0
     out = {

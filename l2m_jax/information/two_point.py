@@ -103,12 +103,16 @@ def _one_distance(counts: PairCounts, k: int) -> tuple[float, float, int]:
 
 
 def two_point_mi_from_counts(
-    counts: PairCounts, *, fit_range: tuple[int, int] | None = None
+    counts: PairCounts, *, fit_range: tuple[int, int] | str = "auto"
 ) -> TwoPointResult:
     """I_TP(d) with standard errors and the bias-corrected fit, from `count_pairs` output.
 
-    `fit_range=(lo, hi)` fits only distances lo ≤ d ≤ hi (default: all); either way only
-    distances with Î > 0 enter the log-log fit, and at least 4 are needed.
+    Which distances the fit uses (`fit_range`):
+      "auto"      d up to the distance of the smallest estimate. Past it the estimates rise:
+                  the bias grows as pairs get fewer, which a constant C cannot absorb.
+      "all"       every distance.
+      (lo, hi)    lo ≤ d ≤ hi.
+    Only distances with Î > 0 enter the log-log fit, and at least 4 are needed.
     """
     per_d = [_one_distance(counts, k) for k in range(len(counts.distances))]
     distances = np.asarray(counts.distances, np.int64)
@@ -116,10 +120,19 @@ def two_point_mi_from_counts(
     stderr = np.array([s for _, s, _ in per_d])
     pairs = np.array([n for _, _, n in per_d], np.int64)
     positive = mi > 0
-    if fit_range is not None:
-        lo, hi = fit_range
+    if isinstance(fit_range, str) and fit_range == "auto":
+        positive &= distances <= distances[np.argmin(mi)]
+    elif isinstance(fit_range, str) and fit_range == "all":
+        pass
+    else:
+        try:
+            lo, hi = (int(v) for v in fit_range)
+        except (TypeError, ValueError):
+            lo = hi = 0
         if not 1 <= lo <= hi:
-            raise ValueError(f"fit_range must be (lo, hi) with 1 ≤ lo ≤ hi, got {fit_range!r}")
+            raise ValueError(
+                f'fit_range must be "auto", "all" or (lo, hi) with 1 ≤ lo ≤ hi, got {fit_range!r}'
+            )
         positive &= (distances >= lo) & (distances <= hi)
     alpha = alpha_stderr = amplitude = offset = None
     if positive.sum() >= 4:  # A, α, C and one degree of freedom for the stderr
@@ -150,7 +163,7 @@ def two_point_mi(
     implementation: str = "auto",
     devices: Sequence[jax.Device] | None = None,
     progress: bool = True,
-    fit_range: tuple[int, int] | None = None,
+    fit_range: tuple[int, int] | str = "auto",
 ) -> TwoPointResult:
     """Two-point MI Î_TP(d) in nats for every distance, with standard errors and the fit.
 
@@ -161,8 +174,8 @@ def two_point_mi(
       distances: distinct integers d ≥ 1.
       vocab_size: V (ids must lie in [0, V)); inferred as max id + 1 if None.
       chunk_tokens, implementation, devices, progress: passed to `count_pairs`.
-      fit_range: (lo, hi) distances the power-law fit uses (default: all with Î > 0). The
-        bias grows where pairs get fewer (large d), which a constant C cannot absorb.
+      fit_range: distances the power-law fit uses: "auto" (up to the smallest estimate),
+        "all", or (lo, hi); see `two_point_mi_from_counts`.
     """
     counts = count_pairs(
         tokens_or_docs,
