@@ -171,7 +171,9 @@ def _chunks(docs: Iterable, vocab_size: int, key_dtype, chunk: int, halo: int) -
         tokens += n
         documents += 1
         buf_tok.append(doc.astype(key_dtype, copy=False))
-        buf_rem.append(np.minimum(np.arange(n - 1, -1, -1), halo).astype(np.int32))
+        rem = np.arange(n - 1, -1, -1, dtype=np.int32 if n < 2**31 else np.int64)
+        np.minimum(rem, halo, out=rem)  # capped: only rem ≥ d matters, d ≤ halo
+        buf_rem.append(rem.astype(np.int32, copy=False))
         size += n
         while size >= chunk + halo:
             tok, rem = np.concatenate(buf_tok), np.concatenate(buf_rem)
