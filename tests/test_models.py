@@ -179,7 +179,9 @@ def _mamba2_sequential(config, p, h_BxLxD):
         )
         y_BxHxP = jnp.einsum("bhpn,bhn->bhp", s_BxHxPxN, C_BxHxN) + p["D"][None, :, None] * x_BxHxP
         y_BxI = y_BxHxP.reshape(b, Di) * jax.nn.silu(z_BxI)
-        y_BxI = y_BxI * lax.rsqrt(jnp.mean(y_BxI**2, -1, keepdims=True) + config.norm_eps)
+        y_BxGxI = y_BxI.reshape(b, G, Di // G)  # RMSNorm per group
+        y_BxGxI = y_BxGxI * lax.rsqrt(jnp.mean(y_BxGxI**2, -1, keepdims=True) + config.norm_eps)
+        y_BxI = y_BxGxI.reshape(b, Di)
         return (window_BxWxF, s_BxHxPxN), (y_BxI * p["gate_norm"][None]) @ p["out_proj"]
 
     B = h_BxLxD.shape[0]

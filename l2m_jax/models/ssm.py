@@ -13,7 +13,8 @@ Mamba-2 mixer (SSD; H = I / head_dim heads of width P = head_dim, G groups share
   z, xBC, dt = split(h @ in_proj);  xBC = silu(causal_depthwise_conv(xBC));  x, B, C = split;
   dt = softplus(dt + dt_bias);  A_h = −exp(A_log_h) (one scalar per head);
   h_t = exp(dt_t·A_h) h_{t−1} + dt_t x_t ⊗ B_t;  y_t = h_t C_t + D_h x_t;
-  out = RMSNorm(y ⊙ silu(z)) @ out_proj   (the gated norm over all I channels).
+  out = RMSNorm(y ⊙ silu(z)) @ out_proj   (the gated norm over each group's I / G channels,
+  as in the Mamba-2 reference).
 
 Parameters (layers stacked on axis 0, n = n_layers; F = conv channels: I for Mamba-1,
 I + 2·G·N for Mamba-2):
@@ -325,7 +326,11 @@ def _mamba2_mixer(config, p, h_BxLxD, window, state, recurrent):
         )
     y_BxLxHxP = y + x_BxLxHxP * p["D"][None, None, :, None]
     y_BxLxI = y_BxLxHxP.reshape(B, L, Di) * jax.nn.silu(z_BxLxI)
-    y_BxLxI = _layers.rms_norm(y_BxLxI, p["gate_norm"], config.norm_eps)
+    # RMSNorm per group. Written with repeat rather than reshape -> normalise -> reshape: XLA
+    # CPU (jax 0.10.2) miscompiles the jitted, vmapped gradient of the latter across the batch.
+    ms_BxLxG = jnp.mean(jnp.square(y_BxLxI.reshape(B, L, G, Di // G)), axis=-1)
+    inv_BxLxI = jnp.repeat(lax.rsqrt(ms_BxLxG + config.norm_eps), Di // G, axis=-1)
+    y_BxLxI = y_BxLxI * inv_BxLxI * _layers.bc(p["gate_norm"], y_BxLxI)
     return _layers.dense(y_BxLxI, p["out_proj"]), window, state
 
 
