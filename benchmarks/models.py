@@ -45,8 +45,9 @@ def _np(a):
 
 
 def hf_state_dict(config, params) -> dict[str, np.ndarray]:
-    """Our params as a Hugging Face state dict (GPT2LMHeadModel, LlamaForCausalLM or
-    MambaForCausalLM naming; torch Linear weights are [out, in], GPT-2's Conv1D [in, out])."""
+    """Our params as a Hugging Face state dict (GPT2LMHeadModel, LlamaForCausalLM,
+    MambaForCausalLM or Mamba2ForCausalLM naming; torch Linear weights are [out, in], GPT-2's
+    Conv1D [in, out])."""
     L = params["layers"]
     sd: dict[str, np.ndarray] = {}
     if isinstance(config, models.TransformerConfig) and config.style == "gpt2":
@@ -100,6 +101,20 @@ def hf_state_dict(config, params) -> dict[str, np.ndarray]:
             sd[p + "mixer.A_log"] = _np(L["A_log"][i])
             sd[p + "mixer.D"] = _np(L["D"][i])
             sd[p + "mixer.out_proj.weight"] = _np(L["out_proj"][i]).T
+    elif isinstance(config, models.Mamba2Config):
+        sd["backbone.embeddings.weight"] = _np(params["embed"]["tokens"])
+        sd["backbone.norm_f.weight"] = _np(params["final_norm"]["scale"])
+        for i in range(config.n_layers):
+            p = f"backbone.layers.{i}."
+            sd[p + "norm.weight"] = _np(L["norm"]["scale"][i])
+            sd[p + "mixer.in_proj.weight"] = _np(L["in_proj"][i]).T
+            sd[p + "mixer.conv1d.weight"] = _np(L["conv_w"][i]).T[:, None, :]
+            sd[p + "mixer.conv1d.bias"] = _np(L["conv_b"][i])
+            sd[p + "mixer.dt_bias"] = _np(L["dt_bias"][i])
+            sd[p + "mixer.A_log"] = _np(L["A_log"][i])
+            sd[p + "mixer.D"] = _np(L["D"][i])
+            sd[p + "mixer.norm.weight"] = _np(L["gate_norm"][i])
+            sd[p + "mixer.out_proj.weight"] = _np(L["out_proj"][i]).T
     else:
         raise TypeError(f"no Hugging Face counterpart for {type(config).__name__}")
     return sd
@@ -123,6 +138,22 @@ def hf_model(config, params):
             tie_word_embeddings=True,
         )
         model = transformers.MambaForCausalLM(hf_config)
+    elif isinstance(config, models.Mamba2Config):
+        hf_config = transformers.Mamba2Config(
+            vocab_size=config.vocab_size,
+            hidden_size=config.d_model,
+            num_hidden_layers=config.n_layers,
+            state_size=config.d_state,
+            conv_kernel=config.d_conv,
+            expand=config.expand,
+            head_dim=config.head_dim,
+            num_heads=config.n_heads,
+            n_groups=config.n_groups,
+            chunk_size=config.chunk_size,
+            layer_norm_epsilon=config.norm_eps,
+            tie_word_embeddings=True,
+        )
+        model = transformers.Mamba2ForCausalLM(hf_config)
     elif config.style == "gpt2":
         hf_config = transformers.GPT2Config(
             vocab_size=config.vocab_size,

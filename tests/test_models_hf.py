@@ -29,6 +29,9 @@ CONFIGS = {
         rope_theta=100_000.0,
     ),
     "mamba": models.MambaConfig(vocab_size=97, d_model=32, n_layers=2, d_state=8),
+    "mamba2": models.Mamba2Config(
+        vocab_size=97, d_model=32, n_layers=2, d_state=8, head_dim=8, n_groups=2, chunk_size=16
+    ),
 }
 
 
