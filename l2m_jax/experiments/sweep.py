@@ -14,8 +14,8 @@ Presets (`--preset`):
   cpu    4 channels; L = 16, 64, 256; gauss-gpt2 (2 layers, width 64) and Mamba-1 SSMs with
          dim(z) = 32, 128, 512 (gauss-mamba-z*); batch 8, lr 1e-2 with warmup + cosine.
          Budget: about 15 minutes on 2 CPU cores.
-  gpu    one accelerator, about an hour: 16 channels, L = 64 ... 4096, the same model family
-         with dim(z) up to 2048 and Mamba-2; batch 16, 20 000 steps, lr 3e-3.
+  gpu    one accelerator (not timed here): 16 channels, L = 64 ... 4096, the same small
+         models with dim(z) up to 2048 and a Mamba-2; batch 16, 20 000 steps, lr 3e-3.
   paper  the paper's setup (PAPER.md §6): 64 channels, L = 256, 1024, 4096; GPT-2 (124M),
          Mamba-130m/370m and Mamba2-130m with the Gaussian MLP embedding and head; AdamW at
          peak lr 5e-5, weight decay 0.01, 2000 warmup steps, cosine; batch 4; 500 000 steps.

@@ -9,7 +9,7 @@ its channels and learned positions are set to the data's C and L.
 Text (PAPER.md §6, Fig. 4): a token model (gpt2-tiny, mamba-tiny, ... or the paper's sizes)
 trained with NLL on chunks of a corpus that start at sentence beginnings, BOS in front; the
 held-out metric is the position-wise NLL_i. `--preset cpu` is the CPU comparison of a GPT-2
-style transformer with Mamba on the SWORD corpus (byte tokens, 512 positions).
+style transformer with Mamba on the SWORD corpus (byte tokens, 256 positions).
 
 Several comma-separated models train one after the other (run directories --out/<model>) and
 share one plot: Fig. 3a (KL_i) for Gaussian data, Fig. 4 (NLL_i, smoothed) for text.
@@ -49,8 +49,8 @@ TEXT_PRESETS = {
         model="gpt2-tiny,mamba-tiny",
         corpus="sword",
         tokenizer="bytes",
-        seq_len=512,
-        steps=800,
+        seq_len=256,
+        steps=600,
         batch=8,
         lr=3e-3,
     ),
