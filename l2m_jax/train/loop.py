@@ -224,7 +224,7 @@ def fit(
                     flush(bar)
                 if (flushing or single_process) and stop.agreed():
                     interrupted = not last
-                if do_eval:
+                if do_eval or (interrupted and not evals):  # an interrupted run reports too
                     run_eval(step)
                 if do_save or (interrupted and manager is not None):
                     ckpt.save_state(manager, state)
