@@ -348,6 +348,10 @@ def test_bad_inputs_and_decoding_past_the_cache():
     assert np.all(np.isfinite(ok))
     with pytest.raises(ValueError, match="max_positions=32"):
         models.init_cache(config, 1, 64)
+    with pytest.raises(ValueError, match="do not fit this config"):  # one layer short
+        models.decode_step(config, params, tokens[:, 0], cache._replace(k=cache.k[:1]))
+    with pytest.raises(ValueError, match="do not fit this config and a batch of 2"):
+        models.prefill(config, params, jnp.zeros((2, 3), jnp.int32), cache)
     mamba = _gaussian(CONFIGS["mamba"])  # inputs are checked before the params are touched
     with pytest.raises(TypeError, match=r"\[B, L, C=3\]"):
         models.apply(mamba, None, jnp.zeros((1, 4, 2)))

@@ -310,9 +310,10 @@ def _check_cache(config, cache, batch, new):
     if not isinstance(cache, KVCache):
         raise TypeError(f"cache must be a KVCache from init_cache, got {type(cache).__name__}")
     shapes = {tuple(a.shape) for a in (*cache.k, *cache.v)}
-    S = next(iter(shapes))[2] if len(shapes) == 1 and len(next(iter(shapes))) == 4 else None
+    S = cache.k[0].shape[2] if cache.k and cache.k[0].ndim == 4 else None
     want = (batch, config.kv_heads, S, config.head_dim)
-    if S is None or shapes != {want} or len(cache.k) != config.n_layers != len(cache.v):
+    n = config.n_layers
+    if S is None or shapes != {want} or len(cache.k) != n or len(cache.v) != n:
         raise ValueError(
             f"cache holds {len(cache.k)} layers of shapes {sorted(shapes)}, which do not fit "
             f"this config and a batch of {batch}; create it with init_cache(config, {batch}, "
