@@ -103,6 +103,8 @@ def decode_attention(
             problem = f"{name} has dtype {a.dtype} (the kernel takes float32 or bfloat16)"
     if _dispatch.platform() == "gpu" and (E < 16 or E & (E - 1)):
         problem = f"the GPU kernel needs a head dimension E that is a power of two >= 16, got {E}"
+    if _dispatch.platform() == "gpu" and S % 16:
+        problem = f"the GPU kernel needs a cache capacity S that is a multiple of 16, got {S}"
     impl = _dispatch.choose("decode_attention", implementation, interpret, problem)
     lengths_B = lengths_B.astype(jnp.int32)
     if impl == "xla":

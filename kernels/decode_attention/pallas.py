@@ -13,8 +13,10 @@ the length maps to the previous block index, so its DMA is skipped; the last par
 split is fetched whole (at most one split of rows past the length is read and ignored). On GPU
 (Triton lowering) only the visited blocks are loaded.
 
-The cache is never copied or padded: a cache length S that is not a multiple of the split
-leaves the last split hanging over the end; those rows are past every length and masked.
+The cache is never copied or padded. On TPU a capacity S that is not a multiple of the split
+leaves the last split hanging over the end; those rows are past every length and masked. On
+GPU the blocks must tile S (the dispatcher requires S % 16 == 0 there, else "auto" falls back);
+a split may still hang over the end, but its blocks past S are never visited.
 """
 
 from __future__ import annotations
@@ -36,8 +38,10 @@ _HI = lax.Precision.HIGHEST
 
 def default_blocks(B, K, S, target):
     """(block_size, blocks_per_split): enough splits to fill the chip, blocks it can tile."""
-    block = 64 if target == "gpu" else 512
-    block = min(block, max(8, _dispatch.next_pow2(S)))
+    if target == "gpu":  # loads are not masked at the array's end: blocks must tile S
+        block = next(b for b in (64, 32, 16, 8, 4, 2, 1) if S % b == 0)
+    else:  # TPU: a block hanging over the end is padded by the pipeline and masked here
+        block = min(512, max(8, _dispatch.next_pow2(S)))
     n_blocks = -(-S // block)
     want_splits = max(1, -(-(256 if target == "gpu" else 8) // (B * K)))
     return block, max(1, -(-n_blocks // want_splits))

@@ -20,17 +20,29 @@ _CPU_SSD_GRAD_CHUNK = 32
 
 
 # ----------------------------------------------------------------------------- XLA forms
-# On CPU a sequential `lax.scan` is the fastest forward (no B·L·…·N intermediates); the
-# gradient is recomputed through the form whose backward is fastest there (measured with
-# `python -m benchmarks.scan`). On GPU/TPU the chunked (matmul) forms are used throughout.
+# On CPU a sequential `lax.scan` is the fastest forward (no B·L·…·N intermediates). Its
+# gradient: the scan's own autodiff (residuals kept from the forward) for the selective scan
+# and for small SSD states; for SSD states above _CPU_SSD_SEQUENTIAL_GRAD_MAX elements per
+# sequence, a recomputation through the chunked SSD form, whose backward is several times
+# faster there (measured with `python -m benchmarks.scan`: mamba2-tiny 34 ms vs 160 ms).
+# On GPU/TPU the chunked (matmul) forms are used throughout.
+_CPU_SSD_SEQUENTIAL_GRAD_MAX = 1024
 
 
 def _ssd_xla_cpu_grad_form(x, dt, A, Bm, Cm, h0):
     return reference.ssd_chunked(x, dt, A, Bm, Cm, chunk_size=_CPU_SSD_GRAD_CHUNK, h0_BxHxPxN=h0)
 
 
-def _selective_xla_cpu_grad_form(x, dt, A, Bm, Cm, h0):
-    return jax.checkpoint(reference.selective_scan_sequential)(x, dt, A, Bm, Cm, h0_BxDxN=h0)
+def _ssd_sequential(x, dt, A, Bm, Cm, h0):
+    return reference.ssd_sequential(x, dt, A, Bm, Cm, h0_BxHxPxN=h0)
+
+
+def _selective_sequential(x, dt, A, Bm, Cm, h0):
+    return reference.selective_scan_sequential(x, dt, A, Bm, Cm, h0_BxDxN=h0)
+
+
+def _selective_grad_form(x, dt, A, Bm, Cm, h0):
+    return jax.checkpoint(_selective_sequential)(x, dt, A, Bm, Cm, h0)
 
 
 def _recompute_bwd(grad_form, residuals, g):
@@ -40,23 +52,12 @@ def _recompute_bwd(grad_form, residuals, g):
 
 @jax.custom_vjp
 def _ssd_xla_cpu(x, dt, A, Bm, Cm, h0):
-    return reference.ssd_sequential(x, dt, A, Bm, Cm, h0_BxHxPxN=h0)
+    return _ssd_sequential(x, dt, A, Bm, Cm, h0)
 
 
 _ssd_xla_cpu.defvjp(
     lambda *a: (_ssd_xla_cpu(*a), a),
     functools.partial(_recompute_bwd, _ssd_xla_cpu_grad_form),
-)
-
-
-@jax.custom_vjp
-def _selective_xla_cpu(x, dt, A, Bm, Cm, h0):
-    return reference.selective_scan_sequential(x, dt, A, Bm, Cm, h0_BxDxN=h0)
-
-
-_selective_xla_cpu.defvjp(
-    lambda *a: (_selective_xla_cpu(*a), a),
-    functools.partial(_recompute_bwd, _selective_xla_cpu_grad_form),
 )
 
 
@@ -101,7 +102,7 @@ def _selective_pallas_fwd(x, dt, A, Bm, Cm, h0, chunk_size, interpret, target):
 
 
 def _selective_pallas_bwd(chunk_size, interpret, target, residuals, g):
-    return _recompute_bwd(_selective_xla_cpu_grad_form, residuals, g)
+    return _recompute_bwd(_selective_grad_form, residuals, g)
 
 
 _selective_pallas.defvjp(_selective_pallas_fwd, _selective_pallas_bwd)
@@ -176,7 +177,7 @@ def selective_scan(
         target = _dispatch.pallas_target(interpret)
         return _selective_pallas(*args, _SELECTIVE_CHUNK, interpret, target)
     if _dispatch.platform() == "cpu":
-        return _selective_xla_cpu(*args)
+        return _selective_sequential(*args)  # plain lax.scan, its own autodiff
     return reference.selective_scan_chunked(*args[:5], h0_BxDxN=h0)
 
 
@@ -237,5 +238,7 @@ def ssd(
         target = _dispatch.pallas_target(interpret)
         return _ssd_pallas(*args, chunk_size, interpret, target)
     if _dispatch.platform() == "cpu":
+        if H * P * N <= _CPU_SSD_SEQUENTIAL_GRAD_MAX:
+            return _ssd_sequential(*args)  # plain lax.scan, its own autodiff
         return _ssd_xla_cpu(*args)
     return reference.ssd_chunked(*args[:5], chunk_size=chunk_size, h0_BxHxPxN=h0)

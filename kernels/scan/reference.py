@@ -19,6 +19,8 @@ __all__ = [
     "selective_scan_associative",
     "selective_scan_chunked",
     "selective_scan_sequential",
+    "ssd_associative",
+    "ssd_chunk_inputs",
     "ssd_chunked",
     "ssd_sequential",
 ]
@@ -143,6 +145,20 @@ def ssd_sequential(x_BxLxHxP, dt_BxLxH, A_H, B_BxLxGxN, C_BxLxGxN, *, h0_BxHxPxN
     time_major = [jnp.swapaxes(a, 0, 1) for a in (x, dt, Bm, Cm)]
     h_BxHxPxN, y_LxBxHxP = lax.scan(step, h_BxHxPxN, time_major)
     return jnp.swapaxes(y_LxBxHxP, 0, 1).astype(x_BxLxHxP.dtype), h_BxHxPxN
+
+
+def ssd_associative(x_BxLxHxP, dt_BxLxH, A_H, B_BxLxGxN, C_BxLxGxN, *, h0_BxHxPxN=None):
+    """`lax.associative_scan` over the whole length (memory B·L·H·P·N)."""
+    H = x_BxLxHxP.shape[2]
+    h_BxHxPxN = _ssd_h0(x_BxLxHxP, B_BxLxGxN, h0_BxHxPxN)
+    x, dt, A = _f32(x_BxLxHxP, dt_BxLxH, A_H)
+    Bm, Cm = (_heads_of_groups(a.astype(_F32), H) for a in (B_BxLxGxN, C_BxLxGxN))
+    decay_BxLxHx1x1 = jnp.exp(dt * A[None, None])[..., None, None]
+    inject_BxLxHxPxN = (dt[..., None] * x)[..., None] * Bm[:, :, :, None, :]
+    decay, inject = lax.associative_scan(_combine, (decay_BxLxHx1x1, inject_BxLxHxPxN), axis=1)
+    h_BxLxHxPxN = decay * h_BxHxPxN[:, None] + inject
+    y_BxLxHxP = jnp.einsum("blhpn,blhn->blhp", h_BxLxHxPxN, Cm)
+    return y_BxLxHxP.astype(x_BxLxHxP.dtype), h_BxLxHxPxN[:, -1]
 
 
 def ssd_chunk_inputs(x_BxLxHxP, dt_BxLxH, A_H, B_BxLxGxN, C_BxLxGxN, chunk_size):
