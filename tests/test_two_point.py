@@ -81,6 +81,10 @@ def test_estimate_and_stderr_match_reference_formulas():
         mi, stderr = _reference(docs, d)
         np.testing.assert_allclose(got.mi[k], mi, rtol=1e-10)
         np.testing.assert_allclose(got.stderr[k], stderr, rtol=1e-10)
+    # Relabelled into a 2^18 + 1 vocabulary (64-bit pair keys): the same estimates.
+    big = two_point_mi([doc * 6553 + 7 for doc in docs], distances, 2**18 + 1)
+    np.testing.assert_allclose(big.mi, got.mi, rtol=1e-12)
+    np.testing.assert_allclose(big.stderr, got.stderr, rtol=1e-12)
 
 
 def test_fit_is_the_offset_power_law_of_the_estimates():

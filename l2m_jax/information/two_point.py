@@ -85,6 +85,8 @@ def _one_distance(counts: PairCounts, k: int) -> tuple[float, float, int]:
             f"{counts.distances[k] + 1} tokens; drop that distance"
         )
     first, second = np.divmod(table.keys, table.keys.dtype.type(vocab))
+    if first.dtype == np.uint64:  # 64-bit keys (V > 65 535): the ids themselves fit intp
+        first, second = first.astype(np.intp), second.astype(np.intp)
     weights = table.counts.astype(np.float64)  # exact below 2^53
     n_first = np.bincount(first, weights=weights, minlength=vocab).astype(np.int64)
     n_second = np.bincount(second, weights=weights, minlength=vocab).astype(np.int64)
