@@ -119,6 +119,22 @@ def test_data_parallel_forward_matches(forward):
     _close(out, full)
 
 
+def test_remat_gives_the_same_gradients(forward):
+    config, params, inputs, *_ = forward
+    if not (isinstance(config, models.Mamba2Config) or getattr(config, "style", "") == "gpt2"):
+        pytest.skip("remat wraps the same layer scan: one transformer and one SSM suffice")
+
+    def grads(config):
+        loss = lambda p: jnp.sum(models.apply(config, p, inputs).mean ** 2)
+        return jax.jit(jax.grad(loss))(params)
+
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+        grads(dataclasses.replace(config, remat=True)),
+        grads(config),
+    )
+
+
 def test_generation_with_token_head():
     config = CONFIGS["gpt2"]
     params = _params(config)

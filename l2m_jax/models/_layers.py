@@ -66,8 +66,9 @@ def check_common(config) -> None:
         raise ValueError(
             f"{name}.implementation must be one of {IMPLEMENTATIONS}, got {config.implementation!r}"
         )
-    if not isinstance(config.interpret, bool):
-        raise TypeError(f"{name}.interpret must be a bool, got {config.interpret!r}")
+    for flag in ("interpret", "remat"):
+        if not isinstance(getattr(config, flag), bool):
+            raise TypeError(f"{name}.{flag} must be a bool, got {getattr(config, flag)!r}")
     if not config.norm_eps > 0:
         raise ValueError(f"{name}.norm_eps must be positive, got {config.norm_eps!r}")
 

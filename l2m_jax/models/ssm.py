@@ -62,6 +62,7 @@ class MambaConfig:
       norm_eps: RMSNorm epsilon.  tie_embeddings: unembed with the token embedding.
       head, channels, bos_id: as in TransformerConfig.
       implementation, interpret: passed to `kernels.scan.selective_scan`.
+      remat: recompute each layer's activations in the backward pass (`jax.checkpoint`).
     """
 
     vocab_size: int = 50280
@@ -79,6 +80,7 @@ class MambaConfig:
     bos_id: int = 0
     implementation: str = "auto"
     interpret: bool = False
+    remat: bool = False
 
     def __post_init__(self):
         _layers.check_common(self)
@@ -117,6 +119,7 @@ class Mamba2Config:
       chunk_size: positions per chunk of the SSD algorithm (parallel form).
       max_positions, norm_eps, tie_embeddings, head, channels, bos_id: as in MambaConfig.
       implementation, interpret: passed to `kernels.scan.ssd`.
+      remat: recompute each layer's activations in the backward pass (`jax.checkpoint`).
     """
 
     vocab_size: int = 50280
@@ -136,6 +139,7 @@ class Mamba2Config:
     bos_id: int = 0
     implementation: str = "auto"
     interpret: bool = False
+    remat: bool = False
 
     def __post_init__(self):
         _layers.check_common(self)
@@ -352,6 +356,8 @@ def _run(config, params, inputs, positions_BxL, windows, states, recurrent):
         out_BxLxD, window, state = mixer(config, layer, h_BxLxD, window, state, recurrent)
         return x_BxLxD + out_BxLxD, (window, state)
 
+    if config.remat and not recurrent:
+        body = jax.checkpoint(body)
     x_BxLxD, (windows, states) = lax.scan(body, x_BxLxD, (params["layers"], windows, states))
     x_BxLxD = _layers.rms_norm(x_BxLxD, params["final_norm"]["scale"], config.norm_eps)
     return heads.output(config, params, x_BxLxD), windows, states

@@ -72,6 +72,8 @@ class TransformerConfig:
       channels: C, vector size for head="gaussian".
       bos_id: token prepended by `token_logprob_fn`.
       implementation, interpret: passed to the decode-attention kernel dispatcher.
+      remat: recompute each layer's activations in the backward pass of `apply`
+        (`jax.checkpoint` per layer): memory O(layers) instead of O(layers x activations).
     """
 
     style: str = "gpt2"
@@ -90,6 +92,7 @@ class TransformerConfig:
     bos_id: int = 0
     implementation: str = "auto"
     interpret: bool = False
+    remat: bool = False
 
     def __post_init__(self):
         if self.style not in STYLES:
@@ -287,6 +290,8 @@ def apply(config: TransformerConfig, params: dict, inputs):
     def body(x_BxLxD, layer):
         return _layer(config, layer, x_BxLxD, positions_BxL, _causal)
 
+    if config.remat:
+        body = jax.checkpoint(body)
     x_BxLxD, _ = lax.scan(body, x_BxLxD, params["layers"])
     return heads.output(config, params, _norm(config, params["final_norm"], x_BxLxD))
 
