@@ -8,8 +8,9 @@ Tiny token models (vocab 256, width 64, 2 layers) for tests and CPU runs:
   gpt2-tiny, llama-tiny, mamba-tiny, mamba2-tiny.
 Gaussian-experiment models (head="gaussian", 4 channels by default — override `channels`):
   gauss-gpt2        2 layers, width 64, 4 heads, 4096 learned positions (PAPER.md §7)
-  gauss-mamba-zS    Mamba-1, 2 layers, width w = expand·w = d_inner, d_state w − 3, so that
-                    dim(z) = 2 · w · (d_state + d_conv − 1) = S exactly, S ∈ {32, 128, 512, 2048}
+  gauss-mamba-zS    Mamba-1, 2 layers, width w with expand 1 (d_inner = w), d_state w − 3, so
+                    dim(z) = 2 · w · (d_state + d_conv − 1) = 2w² = S exactly:
+                    S = 32, 128, 512, 2048 for w = 4, 8, 16, 32
   gauss-mamba2      Mamba-2, 2 layers, width 32, 4 heads of 16, d_state 8 (dim(z) = 1504)
   The SSMs have 16 384 learned positions (L up to 4^7).
 """
