@@ -2,7 +2,9 @@
 
 Vocabularies: gpt2* use GPT-2's 50 257 tokens; mamba* and mamba2* use GPT-NeoX's 50 280 (as
 the Mamba checkpoints); smollm2-135m uses its own 49 152. `NOMINAL_PARAMS` holds the size each
-name stands for (parameter counts with tied embeddings).
+name stands for (parameter counts with tied embeddings). All are within 5% of it except
+mamba-50m and mamba-70m: the paper's shapes (12 and 24 layers of width 512, d_state 16) count
+46.1M and 66.4M (−7.8%, −5.1%); the shapes are kept as the paper gives them.
 
 Tiny token models (vocab 256, width 64, 2 layers) for tests and CPU runs:
   gpt2-tiny, llama-tiny, mamba-tiny, mamba2-tiny.
