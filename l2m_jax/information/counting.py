@@ -158,6 +158,10 @@ class _Chunk(NamedTuple):
     starts: int  # events start at positions [0, starts)
 
 
+def _joined(pieces: list[np.ndarray]) -> np.ndarray:
+    return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+
+
 def _chunks(docs: Iterable, vocab_size: int, key_dtype, chunk: int, halo: int) -> Iterator:
     """Yields `_Chunk`s covering every start position once; returns (tokens, documents)."""
     buf_tok: list[np.ndarray] = []
@@ -176,7 +180,7 @@ def _chunks(docs: Iterable, vocab_size: int, key_dtype, chunk: int, halo: int) -
         buf_rem.append(rem.astype(np.int32, copy=False))
         size += n
         while size >= chunk + halo:
-            tok, rem = np.concatenate(buf_tok), np.concatenate(buf_rem)
+            tok, rem = _joined(buf_tok), _joined(buf_rem)  # views when one piece (long docs)
             yield _Chunk(tok[: chunk + halo], rem[: chunk + halo], chunk)
             buf_tok, buf_rem, size = [tok[chunk:]], [rem[chunk:]], size - chunk
     if size:  # the rest (< chunk + halo starts), padded so every offset slice is full
