@@ -112,8 +112,8 @@ def token_logprob_fn(config):
         tokens_BxT = tokens_BxT.astype(jnp.int32)
         bos_Bx1 = jnp.full((tokens_BxT.shape[0], 1), config.bos_id, jnp.int32)
         inputs_BxT = jnp.concatenate([bos_Bx1, tokens_BxT[:, :-1]], axis=1)
-        logits_BxTxV = module.apply(config, params, inputs_BxT)
-        logp_BxTxV = jax.nn.log_softmax(logits_BxTxV.astype(jnp.float32), axis=-1)
-        return jnp.take_along_axis(logp_BxTxV, tokens_BxT[..., None], axis=-1)[..., 0]
+        logits_BxTxV = module.apply(config, params, inputs_BxT).astype(jnp.float32)
+        picked_BxT = jnp.take_along_axis(logits_BxTxV, tokens_BxT[..., None], axis=-1)[..., 0]
+        return picked_BxT - jax.nn.logsumexp(logits_BxTxV, axis=-1)
 
     return logprob_fn
