@@ -12,7 +12,8 @@ against L, average KL against I_BP / dim(z) (the collapse of Fig. 3c), and k_eff
 
 Presets (`--preset`):
   cpu    4 channels; L = 16, 64, 256; gauss-gpt2 (2 layers, width 64) and Mamba-1 SSMs with
-         dim(z) = 32, 128, 512 (gauss-mamba-z*); batch 8, lr 1e-2 with warmup + cosine.
+         dim(z) = 32, 128, 512 (gauss-mamba-z*); batch 4, lr 1e-2 with warmup + cosine,
+         2000 / 4000 / 6000 steps (the transformer at L = 256 is the slowest part).
          Budget: about 15 minutes on 2 CPU cores.
   gpu    one accelerator (not timed here): 16 channels, L = 64 ... 4096, the same small
          models with dim(z) up to 2048 and a Mamba-2; batch 16, 20 000 steps, lr 3e-3.
@@ -87,8 +88,9 @@ PRESETS: dict[str, SweepPreset] = {
             ModelSpec("mamba-z512", "gauss-mamba-z512"),
         ),
         layers=(2, 3, 4),
-        steps=(1500, 2500, 2500),
+        steps=(2000, 4000, 6000),
         channels=4,
+        batch=4,
     ),
     "gpu": SweepPreset(
         models=(
