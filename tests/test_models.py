@@ -135,6 +135,19 @@ def test_remat_gives_the_same_gradients(forward):
     )
 
 
+def test_bfloat16_matmuls_stay_close_to_float32(forward):
+    config, params, inputs, full, _ = forward
+    bf16 = dataclasses.replace(config, dtype="bfloat16")
+    out = jax.jit(lambda p, x: models.apply(bf16, p, x))(params, inputs)
+    assert out.mean.dtype == out.std.dtype == jnp.float32
+    for got, want in zip(out, full, strict=True):
+        err = float(jnp.max(jnp.abs(got - want)))
+        scale = float(jnp.max(jnp.abs(want)))
+        # bf16 operands (8-bit mantissa, relative rounding 2^-9 = 2e-3) through two layers and
+        # the head: errors of about 1e-2 of the output scale; float32 would give about 1e-7
+        assert 1e-5 * scale < err < 3e-2 * scale, (err, scale)
+
+
 def test_generation_with_token_head():
     config = CONFIGS["gpt2"]
     params = _params(config)

@@ -8,6 +8,7 @@ import numpy as np
 
 IMPLEMENTATIONS = ("auto", "xla", "pallas")
 HEADS = ("tokens", "gaussian")
+DTYPES = ("float32", "bfloat16")
 
 
 def normal(key, shape, std):
@@ -23,9 +24,10 @@ def bc(v, like):
     return jax.lax.broadcast_to_rank(v, like.ndim)
 
 
-def dense(x, w, b=None):
-    """x @ w (+ b), w laid out [in, out]."""
-    y = x @ w
+def dense(x, w, b=None, dtype="float32"):
+    """x @ w (+ b), w laid out [in, out]: operands in `dtype`, accumulated and returned in
+    float32 (so "bfloat16" runs the matmul at bf16 speed and keeps float32 activations)."""
+    y = jnp.matmul(x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
     return y if b is None else y + bc(b, y)
 
 
@@ -66,6 +68,8 @@ def check_common(config) -> None:
         raise ValueError(
             f"{name}.implementation must be one of {IMPLEMENTATIONS}, got {config.implementation!r}"
         )
+    if config.dtype not in DTYPES:
+        raise ValueError(f"{name}.dtype must be one of {DTYPES}, got {config.dtype!r}")
     for flag in ("interpret", "remat"):
         if not isinstance(getattr(config, flag), bool):
             raise TypeError(f"{name}.{flag} must be a bool, got {getattr(config, flag)!r}")

@@ -107,8 +107,8 @@ def embed(config, params, inputs, positions_BxL):
         x_BxLxD = jnp.take(params["embed"]["tokens"], inputs, axis=0)
     else:
         p = params["embed"]
-        h = jax.nn.gelu(_layers.dense(inputs.astype(jnp.float32), p["w1"], p["b1"]))
-        x_BxLxD = _layers.dense(h, p["w2"], p["b2"])
+        h = jax.nn.gelu(_layers.dense(inputs, p["w1"], p["b1"], config.dtype))
+        x_BxLxD = _layers.dense(h, p["w2"], p["b2"], config.dtype)
     if config.num_positions:
         x_BxLxD = x_BxLxD + jnp.take(params["positions"], positions_BxL, axis=0)
     return x_BxLxD
@@ -118,11 +118,11 @@ def output(config, params, x_BxLxD):
     """Final hidden states -> logits [B, L, V] or GaussianPrediction([B, L, C], [B, L, C])."""
     if config.head == "tokens":
         if config.tie_embeddings:
-            return x_BxLxD @ params["embed"]["tokens"].T
-        return x_BxLxD @ params["head"]["unembed"]
+            return _layers.dense(x_BxLxD, params["embed"]["tokens"].T, None, config.dtype)
+        return _layers.dense(x_BxLxD, params["head"]["unembed"], None, config.dtype)
     p = params["head"]
-    h = jax.nn.gelu(_layers.dense(x_BxLxD, p["w1"], p["b1"]))
-    raw = _layers.dense(h, p["w2"], p["b2"])
+    h = jax.nn.gelu(_layers.dense(x_BxLxD, p["w1"], p["b1"], config.dtype))
+    raw = _layers.dense(h, p["w2"], p["b2"], config.dtype)
     C = config.channels
     return GaussianPrediction(raw[..., :C], jax.nn.softplus(raw[..., C:]) + STD_FLOOR)
 

@@ -63,6 +63,8 @@ class MambaConfig:
       head, channels, bos_id: as in TransformerConfig.
       implementation, interpret: passed to `kernels.scan.selective_scan`.
       remat: recompute each layer's activations in the backward pass (`jax.checkpoint`).
+      dtype: "float32" or "bfloat16", the operand type of the projections (accumulation,
+        Δ, the scan and its state, norms and activations stay float32).
     """
 
     vocab_size: int = 50280
@@ -81,6 +83,7 @@ class MambaConfig:
     implementation: str = "auto"
     interpret: bool = False
     remat: bool = False
+    dtype: str = "float32"
 
     def __post_init__(self):
         _layers.check_common(self)
@@ -120,6 +123,8 @@ class Mamba2Config:
       max_positions, norm_eps, tie_embeddings, head, channels, bos_id: as in MambaConfig.
       implementation, interpret: passed to `kernels.scan.ssd`.
       remat: recompute each layer's activations in the backward pass (`jax.checkpoint`).
+      dtype: "float32" or "bfloat16", the operand type of the projections (accumulation,
+        Δ, the scan and its state, norms and activations stay float32).
     """
 
     vocab_size: int = 50280
@@ -140,6 +145,7 @@ class Mamba2Config:
     implementation: str = "auto"
     interpret: bool = False
     remat: bool = False
+    dtype: str = "float32"
 
     def __post_init__(self):
         _layers.check_common(self)
@@ -267,11 +273,11 @@ def _mamba2_recurrent(x_Bx1xHxP, dt_Bx1xH, A_H, B_Bx1xGxN, C_Bx1xGxN, h_BxHxPxN)
 
 def _mamba1_mixer(config, p, h_BxLxD, window, state, recurrent):
     Di, N, R = config.d_inner, config.d_state, config.time_step_rank
-    xz_BxLx2I = _layers.dense(h_BxLxD, p["in_proj"])
+    xz_BxLx2I = _layers.dense(h_BxLxD, p["in_proj"], None, config.dtype)
     x_BxLxI, z_BxLxI = xz_BxLx2I[..., :Di], xz_BxLx2I[..., Di:]
     x_BxLxI, window = _causal_conv(x_BxLxI, window, p["conv_w"], p["conv_b"])
     x_BxLxI = jax.nn.silu(x_BxLxI)
-    dbc = _layers.dense(x_BxLxI, p["x_proj"])
+    dbc = _layers.dense(x_BxLxI, p["x_proj"], None, config.dtype)
     dt_BxLxI = jax.nn.softplus(_layers.dense(dbc[..., :R], p["dt_proj"], p["dt_bias"]))
     B_BxLxN, C_BxLxN = dbc[..., R : R + N], dbc[..., R + N :]
     A_IxN = -jnp.exp(p["A_log"])
@@ -289,7 +295,7 @@ def _mamba1_mixer(config, p, h_BxLxD, window, state, recurrent):
             interpret=config.interpret,
         )
     y_BxLxI = (y_BxLxI + x_BxLxI * _layers.bc(p["D"], x_BxLxI)) * jax.nn.silu(z_BxLxI)
-    return _layers.dense(y_BxLxI, p["out_proj"]), window, state
+    return _layers.dense(y_BxLxI, p["out_proj"], None, config.dtype), window, state
 
 
 def _mamba2_mixer(config, p, h_BxLxD, window, state, recurrent):
@@ -301,7 +307,7 @@ def _mamba2_mixer(config, p, h_BxLxD, window, state, recurrent):
         config.n_heads,
         config.head_dim,
     )
-    zxbcdt = _layers.dense(h_BxLxD, p["in_proj"])
+    zxbcdt = _layers.dense(h_BxLxD, p["in_proj"], None, config.dtype)
     z_BxLxI, xbc, dt_BxLxH = (
         zxbcdt[..., :Di],
         zxbcdt[..., Di : 2 * Di + 2 * G * N],
@@ -335,7 +341,7 @@ def _mamba2_mixer(config, p, h_BxLxD, window, state, recurrent):
     ms_BxLxG = jnp.mean(jnp.square(y_BxLxI.reshape(B, L, G, Di // G)), axis=-1)
     inv_BxLxI = jnp.repeat(lax.rsqrt(ms_BxLxG + config.norm_eps), Di // G, axis=-1)
     y_BxLxI = y_BxLxI * inv_BxLxI * _layers.bc(p["gate_norm"], y_BxLxI)
-    return _layers.dense(y_BxLxI, p["out_proj"]), window, state
+    return _layers.dense(y_BxLxI, p["out_proj"], None, config.dtype), window, state
 
 
 # ----------------------------------------------------------------------------- forward

@@ -36,6 +36,7 @@ lengths, the outputs of a sequence that runs past S or P are NaN (never a silent
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import NamedTuple
 
@@ -74,6 +75,9 @@ class TransformerConfig:
       implementation, interpret: passed to the decode-attention kernel dispatcher.
       remat: recompute each layer's activations in the backward pass of `apply`
         (`jax.checkpoint` per layer): memory O(layers) instead of O(layers x activations).
+      dtype: "float32" or "bfloat16", the operand type of the matmuls and of whole-sequence
+        attention (accumulation, norms, softmax, activations, parameters and the KV cache stay
+        float32; prefill/decode attention is float32).
     """
 
     style: str = "gpt2"
@@ -93,6 +97,7 @@ class TransformerConfig:
     implementation: str = "auto"
     interpret: bool = False
     remat: bool = False
+    dtype: str = "float32"
 
     def __post_init__(self):
         if self.style not in STYLES:
@@ -222,9 +227,9 @@ def _rope(x_BxLxHxE, positions_BxL, theta):
 def _qkv(config, attn, h_BxLxD, positions_BxL):
     B, L, _ = h_BxLxD.shape
     H, K, E = config.n_heads, config.kv_heads, config.head_dim
-    q = _layers.dense(h_BxLxD, attn["wq"], attn.get("bq"))
-    k = _layers.dense(h_BxLxD, attn["wk"], attn.get("bk"))
-    v = _layers.dense(h_BxLxD, attn["wv"], attn.get("bv"))
+    q = _layers.dense(h_BxLxD, attn["wq"], attn.get("bq"), config.dtype)
+    k = _layers.dense(h_BxLxD, attn["wk"], attn.get("bk"), config.dtype)
+    v = _layers.dense(h_BxLxD, attn["wv"], attn.get("bv"), config.dtype)
     q_BxLxHxE, k_BxLxKxE, v_BxLxKxE = (
         q.reshape(B, L, H, E),
         k.reshape(B, L, K, E),
@@ -238,9 +243,11 @@ def _qkv(config, attn, h_BxLxD, positions_BxL):
 
 def _mlp(config, mlp, h_BxLxD):
     if config.style == "gpt2":
-        h_BxLxF = jax.nn.gelu(_layers.dense(h_BxLxD, mlp["w_in"], mlp["b_in"]))
-        return _layers.dense(h_BxLxF, mlp["w_out"], mlp["b_out"])
-    return (jax.nn.silu(h_BxLxD @ mlp["w_gate"]) * (h_BxLxD @ mlp["w_up"])) @ mlp["w_down"]
+        h_BxLxF = jax.nn.gelu(_layers.dense(h_BxLxD, mlp["w_in"], mlp["b_in"], config.dtype))
+        return _layers.dense(h_BxLxF, mlp["w_out"], mlp["b_out"], config.dtype)
+    gate_BxLxF = jax.nn.silu(_layers.dense(h_BxLxD, mlp["w_gate"], None, config.dtype))
+    h_BxLxF = gate_BxLxF * _layers.dense(h_BxLxD, mlp["w_up"], None, config.dtype)
+    return _layers.dense(h_BxLxF, mlp["w_down"], None, config.dtype)
 
 
 def _layer(config, layer, x_BxLxD, positions_BxL, attend):
@@ -249,13 +256,13 @@ def _layer(config, layer, x_BxLxD, positions_BxL, attend):
     h_BxLxD = _norm(config, layer["attn_norm"], x_BxLxD)
     o_BxLxHxE, extra = attend(*_qkv(config, layer["attn"], h_BxLxD, positions_BxL))
     x_BxLxD = x_BxLxD + _layers.dense(
-        o_BxLxHxE.reshape(B, L, -1), layer["attn"]["wo"], layer["attn"].get("bo")
+        o_BxLxHxE.reshape(B, L, -1), layer["attn"]["wo"], layer["attn"].get("bo"), config.dtype
     )
     x_BxLxD = x_BxLxD + _mlp(config, layer["mlp"], _norm(config, layer["mlp_norm"], x_BxLxD))
     return x_BxLxD, extra
 
 
-def _causal(q_BxLxHxE, k_BxLxKxE, v_BxLxKxE):
+def _causal(q_BxLxHxE, k_BxLxKxE, v_BxLxKxE, dtype="float32"):
     """Causal attention by query blocks: block i attends to keys 0 .. end of block i only.
 
     Skipping the masked upper triangle halves the work; at most 16 blocks (>= 256 queries
@@ -269,13 +276,13 @@ def _causal(q_BxLxHxE, k_BxLxKxE, v_BxLxKxE):
         mask_TxS = jnp.arange(stop)[None, :] <= jnp.arange(start, stop)[:, None]
         outs.append(
             jax.nn.dot_product_attention(
-                q_BxLxHxE[:, start:stop],
-                k_BxLxKxE[:, :stop],
-                v_BxLxKxE[:, :stop],
+                q_BxLxHxE[:, start:stop].astype(dtype),
+                k_BxLxKxE[:, :stop].astype(dtype),
+                v_BxLxKxE[:, :stop].astype(dtype),
                 mask=mask_TxS[None, None],
             )
         )
-    return jnp.concatenate(outs, axis=1), None
+    return jnp.concatenate(outs, axis=1).astype(jnp.float32), None
 
 
 def apply(config: TransformerConfig, params: dict, inputs):
@@ -288,7 +295,9 @@ def apply(config: TransformerConfig, params: dict, inputs):
     x_BxLxD = heads.embed(config, params, inputs, positions_BxL)
 
     def body(x_BxLxD, layer):
-        return _layer(config, layer, x_BxLxD, positions_BxL, _causal)
+        return _layer(config, layer, x_BxLxD, positions_BxL, attend)
+
+    attend = functools.partial(_causal, dtype=config.dtype)
 
     if config.remat:
         body = jax.checkpoint(body)
