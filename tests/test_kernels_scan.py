@@ -58,9 +58,11 @@ def _value_and_grads(fn, args, key):
     return (y, h), jax.grad(loss, argnums=tuple(range(len(args))))(*args)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _both(kernel, oracle, args, key):
-    """Values and gradients of the kernel and of the oracle, in one compilation."""
+@functools.partial(jax.jit, static_argnums=(0, 1, 4))
+def _both(kernel, oracle, args, key, grads=True):
+    """Values (and gradients) of the kernel and of the oracle, in one compilation."""
+    if not grads:
+        return (kernel(*args), ()), (oracle(*args), ())
     return _value_and_grads(kernel, args, key), _value_and_grads(oracle, args, key)
 
 
@@ -83,7 +85,7 @@ class TestScanKernel:
     def _target(self):
         return self.TARGET or _dispatch.pallas_target(self.INTERPRET)
 
-    def _check_ssd(self, B, L, H, P, G, N, dtype, chunk=SSD_CHUNK, seed=0):
+    def _check_ssd(self, B, L, H, P, G, N, dtype, chunk=SSD_CHUNK, seed=0, grads=True):
         args = _ssd_inputs(jax.random.key(seed), B, L, H, P, G, N, dtype)
         target, interpret = self._target(), self.INTERPRET
         if target == "gpu":
@@ -95,11 +97,11 @@ class TestScanKernel:
         def oracle(x, dt, A, Bm, Cm, h0):
             return reference.ssd_sequential(x, dt, A, Bm, Cm, h0_BxHxPxN=h0)
 
-        got, want = _both(kernel, oracle, args, jax.random.key(seed + 1))
+        got, want = _both(kernel, oracle, args, jax.random.key(seed + 1), grads)
         _assert_close(got[0], want[0], TOL[dtype], "ssd outputs")
         _assert_close(got[1], want[1], TOL[dtype], "ssd gradients")
 
-    def _check_selective(self, B, L, D, N, dtype, chunk, seed=0):
+    def _check_selective(self, B, L, D, N, dtype, chunk, seed=0, grads=True):
         args = _selective_inputs(jax.random.key(seed), B, L, D, N, dtype)
         target, interpret = self._target(), self.INTERPRET
 
@@ -109,33 +111,48 @@ class TestScanKernel:
         def oracle(x, dt, A, Bm, Cm, h0):
             return reference.selective_scan_sequential(x, dt, A, Bm, Cm, h0_BxDxN=h0)
 
-        got, want = _both(kernel, oracle, args, jax.random.key(seed + 1))
+        got, want = _both(kernel, oracle, args, jax.random.key(seed + 1), grads)
         _assert_close(got[0], want[0], TOL[dtype], "selective outputs")
         _assert_close(got[1], want[1], TOL[dtype], "selective gradients")
 
     # Lengths 1, block−1, block, block+1 (+ several chunks); G groups of H heads: ratios 1, 2, 4.
+    # The backward is the same recomputation for every length: gradients are checked at
+    # block+1 (and everywhere under -m slow), outputs and final states at every length.
     @pytest.mark.parametrize(
-        "L, G",
+        "L, G, grads",
         [
-            (1, 2),
-            pytest.param(SSD_CHUNK - 1, 4, marks=SLOW),
-            (SSD_CHUNK, 1),
-            (SSD_CHUNK + 1, 4),
-            pytest.param(3 * SSD_CHUNK + 5, 2, marks=SLOW),
+            (1, 2, False),
+            (SSD_CHUNK - 1, 4, False),
+            (SSD_CHUNK, 1, False),
+            (SSD_CHUNK + 1, 4, True),
+            pytest.param(1, 2, True, marks=SLOW),
+            pytest.param(SSD_CHUNK, 1, True, marks=SLOW),
+            pytest.param(3 * SSD_CHUNK + 5, 2, True, marks=SLOW),
         ],
     )
-    def test_ssd_fp32(self, L, G):
-        self._check_ssd(B=2, L=L, H=4, P=3, G=G, N=5, dtype=jnp.float32)
+    def test_ssd_fp32(self, L, G, grads):
+        self._check_ssd(B=2, L=L, H=4, P=3, G=G, N=5, dtype=jnp.float32, grads=grads)
 
-    def test_ssd_bf16(self):
-        self._check_ssd(B=2, L=SSD_CHUNK + 3, H=4, P=4, G=2, N=8, dtype=jnp.bfloat16)
+    @pytest.mark.parametrize("grads", [False, pytest.param(True, marks=SLOW)])
+    def test_ssd_bf16(self, grads):
+        self._check_ssd(B=2, L=SSD_CHUNK + 3, H=4, P=4, G=2, N=8, dtype=jnp.bfloat16, grads=grads)
 
-    @pytest.mark.parametrize("L", [1, pytest.param(7, marks=SLOW), pytest.param(8, marks=SLOW), 9])
-    def test_selective_fp32(self, L):
-        self._check_selective(B=2, L=L, D=6, N=3, dtype=jnp.float32, chunk=8)
+    @pytest.mark.parametrize(
+        "L, grads",
+        [
+            (1, False),
+            (7, False),
+            (8, False),
+            (9, True),
+            *(pytest.param(n, True, marks=SLOW) for n in (1, 8)),
+        ],
+    )
+    def test_selective_fp32(self, L, grads):
+        self._check_selective(B=2, L=L, D=6, N=3, dtype=jnp.float32, chunk=8, grads=grads)
 
-    def test_selective_bf16(self):
-        self._check_selective(B=2, L=19, D=6, N=4, dtype=jnp.bfloat16, chunk=8)
+    @pytest.mark.parametrize("grads", [False, pytest.param(True, marks=SLOW)])
+    def test_selective_bf16(self, grads):
+        self._check_selective(B=2, L=19, D=6, N=4, dtype=jnp.bfloat16, chunk=8, grads=grads)
 
     @pytest.mark.slow
     @pytest.mark.parametrize("L", [63, 64, 65, 300])
@@ -174,40 +191,32 @@ class TestScanKernelInterpretGpuForm(TestScanKernel):
     test_dispatcher_pallas_matches_xla = None
 
     @pytest.mark.slow
-    def test_ssd_bf16(self):
-        super().test_ssd_bf16()
+    def test_ssd_bf16(self, grads):
+        super().test_ssd_bf16(grads)
 
     @pytest.mark.slow
-    def test_selective_bf16(self):
-        super().test_selective_bf16()
+    def test_selective_bf16(self, grads):
+        super().test_selective_bf16(grads)
 
-    def test_ssd_gpu_form(self):
-        self._check_ssd(B=1, L=19, H=4, P=3, G=2, N=5, dtype=jnp.float32, chunk=16)
+    @pytest.mark.parametrize("grads", [False, pytest.param(True, marks=SLOW)])
+    def test_ssd_gpu_form(self, grads):
+        self._check_ssd(B=1, L=19, H=4, P=3, G=2, N=5, dtype=jnp.float32, chunk=16, grads=grads)
 
     @pytest.mark.slow
     def test_selective_gpu_form(self):
         self._check_selective(B=2, L=9, D=5, N=3, dtype=jnp.float32, chunk=8)
 
 
-def test_xla_forms_match_oracle_with_gradients():
-    """The dispatcher's XLA path on CPU; SSD with a state over the CPU threshold takes the
-    custom_vjp (sequential forward, backward recomputed through the chunked form)."""
+def test_xla_ssd_custom_vjp_matches_oracle():
+    """The dispatcher's XLA path on CPU for an SSD state over the threshold: a custom_vjp with
+    the sequential forward and the backward recomputed through the chunked form. (Smaller SSD
+    states and the selective scan run the sequential oracle itself there.)"""
     assert api._CPU_SSD_SEQUENTIAL_GRAD_MAX < 4 * 16 * 17
     args = _ssd_inputs(jax.random.key(11), 1, 21, 4, 16, 2, 17, jnp.float32)
     fn = lambda x, dt, A, Bm, Cm, h0: api.ssd(x, dt, A, Bm, Cm, h0_BxHxPxN=h0, implementation="xla")
     oracle = lambda x, dt, A, Bm, Cm, h0: reference.ssd_sequential(x, dt, A, Bm, Cm, h0_BxHxPxN=h0)
-    key = jax.random.key(12)
-    got, want = _both(fn, oracle, args, key)
+    got, want = _both(fn, oracle, args, jax.random.key(12))
     _assert_close(got, want, 1e-5, "ssd xla")
-    args = _selective_inputs(jax.random.key(13), 2, 21, 6, 3, jnp.float32)
-    fn = lambda x, dt, A, Bm, Cm, h0: api.selective_scan(
-        x, dt, A, Bm, Cm, h0_BxDxN=h0, implementation="xla"
-    )
-    oracle = lambda x, dt, A, Bm, Cm, h0: reference.selective_scan_associative(
-        x, dt, A, Bm, Cm, h0_BxDxN=h0
-    )
-    got, want = _both(fn, oracle, args, key)
-    _assert_close(got, want, 1e-5, "selective xla")
 
 
 def test_auto_falls_back_once_for_unsupported_dtype(caplog, monkeypatch):

@@ -47,7 +47,9 @@ def _get(tree, path):
     return tree
 
 
-@pytest.mark.parametrize("name", ["llama-tiny", "mamba2-tiny"])
+@pytest.mark.parametrize(
+    "name", ["llama-tiny", pytest.param("mamba2-tiny", marks=pytest.mark.slow)]
+)
 def test_decoding_matches(name):
     """Prefill then token-by-token decoding (KV cache / recurrent state): xla vs pallas."""
     cfg_xla = models.preset(name, implementation="xla")
