@@ -44,7 +44,10 @@ def default_blocks(B, K, S, target):
         block = min(512, max(8, _dispatch.next_pow2(S)))
     n_blocks = -(-S // block)
     want_splits = max(1, -(-(256 if target == "gpu" else 8) // (B * K)))
-    return block, max(1, -(-n_blocks // want_splits))
+    per_split = max(1, -(-n_blocks // want_splits))
+    if target == "tpu":  # a split is one VMEM block (double-buffered, K and V): ≤ 2048 rows
+        per_split = min(per_split, 2048 // block)
+    return block, per_split
 
 
 def _decode_kernel(len_ref, q_ref, k_ref, v_ref, o_ref, m_ref, l_ref, *, scale, block, target):

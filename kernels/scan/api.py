@@ -14,7 +14,7 @@ __all__ = ["selective_scan", "ssd"]
 
 # Chunk sizes. SSD: positions per chunk of the Pallas kernel (the caller's `chunk_size`).
 # Selective scan: positions per grid step of the TPU kernel (the state stays on chip across).
-_SELECTIVE_CHUNK = 256
+_SELECTIVE_CHUNK = 128
 # The CPU backward recomputes through the chunked SSD with this chunk (fastest measured).
 _CPU_SSD_GRAD_CHUNK = 32
 

@@ -242,7 +242,7 @@ def _selective_kernel(x_ref, dt_ref, A_ref, B_ref, C_ref, h0_ref, y_ref, h_ref, 
 def _channel_block(D, target):
     if target == "gpu":
         return min(64, _dispatch.next_pow2(D))
-    for bd in (512, 256, 128):
+    for bd in (256, 128):  # rows are (1, bd) tiles padded to 8 sublanes in VMEM: keep bd small
         if D % bd == 0:
             return bd
     return D
