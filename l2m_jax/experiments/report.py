@@ -195,7 +195,7 @@ def _two_point_summary(rec: dict) -> list[str]:
 
 def _bipartite_argv(preset: str, out: pathlib.Path) -> list[str]:
     if preset == "quick":
-        size = ["--preset", "cpu", "--docs", "16", "--max-len", "256"]
+        size = ["--preset", "cpu", "--docs", "24", "--max-len", "256"]
     elif preset == "cpu":
         size = ["--preset", "cpu"]
     else:
