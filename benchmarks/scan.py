@@ -11,7 +11,8 @@ Scan section: the Mamba-1 selective scan and the Mamba-2 SSD scan over a sweep o
 Each row: tokens/s, the bytes a token must move at least (inputs read + output written, in
 the input dtype), the achieved bytes/s as a fraction of a copy bandwidth measured in the same
 run, and FLOP/s counted as the recurrence's 5 FLOPs per state element per token (decay,
-input, output; one definition for every implementation, so the figures compare).
+input, output; one definition for every implementation, so the figures compare). A
+forward+backward row counts three times the forward's bytes and FLOPs.
 The model shapes (the presets' scan shapes at batch 4, forward and forward+backward) check that
 "auto" is at least as fast as the best of lax.scan and associative_scan.
 
@@ -422,7 +423,7 @@ def main(argv=None) -> int:
                 continue  # the model shapes compare auto with lax.scan and associative_scan
             fns[impl] = wrap(fn)
         progress(f"{shape.name} L={shape.seq_len} {passes}")
-        timings = _timed_rounds(fns, _scan_inputs(shape, dtype), rounds=3 if is_model else 1)
+        timings = _timed_rounds(fns, _scan_inputs(shape, dtype), rounds=5 if is_model else 1)
         for impl, t in timings.items():
             row = _scan_row(shape, impl, t, passes, dtype, copy_bw)
             row["model_shape"] = is_model
