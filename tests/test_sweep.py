@@ -63,6 +63,8 @@ def test_sweep_writes_every_field_and_plot(tmp_path):
         "1",
         "--steps",
         "4",
+        "--batch",
+        "8",  # a multiple of the 8 simulated devices
         "--json",
         str(path),
         "--plot-dir",

@@ -131,6 +131,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layers", type=int_range, default=None, help="override, e.g. 2-4")
     parser.add_argument("--steps", type=int, default=None, help="override every run's steps")
     parser.add_argument("--channels", type=int, default=None, help="override the channels")
+    parser.add_argument("--batch", type=int, default=None, help="override the global batch")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="run directories (resumable)")
     parser.add_argument("--json", default=None, help="the results JSON")
@@ -446,6 +447,8 @@ def run(args: argparse.Namespace) -> int:
         preset = dataclasses.replace(preset, steps=(args.steps,) * len(preset.layers))
     if args.channels is not None:
         preset = dataclasses.replace(preset, channels=args.channels)
+    if args.batch is not None:
+        preset = dataclasses.replace(preset, batch=args.batch)
     results = run_sweep(preset, seed=args.seed, out=args.out)
     results["preset_name"] = args.preset
     _print(results)
