@@ -192,13 +192,15 @@ def _timed_rounds(fns: dict, args, rounds: int) -> dict:
     """Times every function in `fns` on `args`, interleaved over `rounds` rounds.
 
     Each round takes a median (`time_fn`); the best round's median is kept, so a burst of load
-    from other processes on a shared machine hits one round, not the comparison.
+    from other processes on a shared machine hits one round, not the comparison. The order
+    rotates between rounds (a big associative scan leaves cold caches to whoever runs next).
     """
     out = {}
+    names = list(fns)
     for r in range(rounds):
-        for name, fn in fns.items():
-            t = time_fn(fn, *args, repeats=5)
-            if r == 0:
+        for name in names[r % len(names) :] + names[: r % len(names)]:  # rotate the order
+            t = time_fn(fns[name], *args, repeats=5)
+            if name not in out:
                 out[name] = t
             elif t.median_s < out[name].median_s:
                 out[name] = out[name]._replace(median_s=t.median_s, runs_s=t.runs_s)
