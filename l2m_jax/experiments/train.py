@@ -52,7 +52,7 @@ TEXT_PRESETS = {
         seq_len=256,
         steps=600,
         batch=8,
-        lr=3e-3,
+        lr=1e-2,
     ),
 }
 
