@@ -131,15 +131,15 @@ def gaussian_family(kind: str, channels: int, *, layers=None, seq_len=None, coup
     return make(layers, channels, coupling=coupling)
 
 
-def _check_head(name: str, head: str, **overrides) -> Any:
-    """The preset `name`; ValueError unless it has `head` ("gaussian" or "tokens")."""
+def _check_head(name: str, want: str, **overrides) -> Any:
+    """The preset `name`; ValueError unless its head is `want` ("gaussian" or "tokens")."""
     from l2m_jax import models
 
     config = models.preset(name, **overrides)
-    if config.head != head:
-        fits = [n for n, c in models.PRESETS.items() if c.head == head]
-        has = "a token head" if head == "gaussian" else "a Gaussian head"
-        data = "Gaussian data" if head == "gaussian" else "text"
+    if config.head != want:
+        fits = [n for n, c in models.PRESETS.items() if c.head == want]
+        has = "a token head" if want == "gaussian" else "a Gaussian head"
+        data = "Gaussian data" if want == "gaussian" else "text"
         raise ValueError(f"model {name!r} has {has}; {data} needs one of: {', '.join(fits)}")
     return config
 
