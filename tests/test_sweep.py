@@ -110,3 +110,19 @@ def test_bad_arguments_give_one_clear_line(argv, message, capsys):
     assert cli.main(["sweep", *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("name", sorted(sweep.PRESETS))
+def test_every_preset_builds_its_models(name):
+    """Every model of every preset is a valid Gaussian-head config at every L (no training)."""
+    from l2m_jax import models
+    from l2m_jax.experiments import train as train_exp
+
+    preset = sweep.PRESETS[name]
+    assert len(preset.steps) == len(preset.layers)
+    family = train_exp.gaussian_family(preset.family, preset.channels, layers=preset.layers[-1])
+    for spec in preset.models:
+        config = train_exp.gaussian_model(spec.preset, family, **dict(spec.overrides))
+        assert config.head == "gaussian" and config.channels == preset.channels
+        assert config.max_positions == family.length
+        assert models.history_state_size(config, family.length // 2).total > 0
