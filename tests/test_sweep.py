@@ -72,7 +72,7 @@ def test_sweep_writes_every_field_and_plot(tmp_path):
     ]
     assert cli.main(argv) == 0
     results = json.loads(path.read_text())
-    runs = results["runs"]
+    runs = results["results"]
     assert [(r["model"], r["seq_len"]) for r in runs] == [("gpt2", 4), ("mamba-z32", 4)]
     family = sources.subvolume_gaussian(1, 4)
     for r in runs:
@@ -93,7 +93,8 @@ def test_sweep_writes_every_field_and_plot(tmp_path):
         assert r["bipartite_mi"] == pytest.approx(family.bipartite_mi(2))
     assert runs[1]["history_state_size"] == 32  # gauss-mamba-z32
     assert runs[0]["history_state_size"] == 2 * 2 * 64 * 2  # 2 layers, K·E = 64, L/2 = 2
-    assert "late_kl_smallest_ssm_minus_transformer" in results["findings"]
+    assert "late_kl_smallest_ssm_minus_transformer" in results["checks"]
+    assert any("late-position KL of mamba-z32 minus gpt2" in f for f in results["findings"])
     for name in ("kl_by_position", "avg_kl_vs_L", "avg_kl_vs_mi_per_state", "k_eff_vs_L"):
         assert (plots / f"{name}.png").stat().st_size > 1000
 

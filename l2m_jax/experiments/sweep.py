@@ -1,20 +1,23 @@
 """The L²M experiment (PAPER.md §6, Fig. 3): models × sequence lengths on Gaussian data.
 
 Each model is trained with the exact KL on fresh samples of the sub-volume family at every
-L = 4^layers, then evaluated on a fixed held-out set. One results JSON holds, per model and
-L: `model`, `seq_len`, `history_state_size` (dim z at L/2, all layers), `bipartite_mi`
-(I_BP(L/2; L), all channels), `avg_kl`, `kl_by_position`, `avg_nll`, `nll_by_position`, the
-effective memory `k_eff` (PAPER.md §7: the window of the optimal linear predictor from the
-last k positions that matches the model's average KL) and the findings the paper predicts
-(average KL falls as the SSM state grows at fixed L; the smallest SSM's late-position KL
-rises above the transformer's as L grows). Plots: KL by position per model and L, average KL
-against L, average KL against I_BP / dim(z) (the collapse of Fig. 3c), and k_eff against L.
+L = 4^layers, then evaluated on a fixed held-out set. One results JSON holds under "results",
+per model and L: `model`, `seq_len`, `history_state_size` (dim z at L/2, all layers),
+`bipartite_mi` (I_BP(L/2; L), all channels), `avg_kl`, `kl_by_position`, `avg_nll`,
+`nll_by_position` and the effective memory `k_eff` (PAPER.md §7: the window of the optimal
+linear predictor from the last k positions that matches the model's average KL). Under
+"checks" (values) and "findings" (sentences): what the paper predicts — average KL falls as
+the SSM state grows at fixed L; the smallest SSM's late-position KL rises above the
+transformer's as L grows. Plots: KL by position per model and L, average KL against L,
+average KL against I_BP / dim(z) (the collapse of Fig. 3c), and k_eff against L.
 
 Presets (`--preset`):
   cpu    4 channels; L = 16, 64, 256; gauss-gpt2 (2 layers, width 64) and Mamba-1 SSMs with
          dim(z) = 32, 128, 512 (gauss-mamba-z*); batch 4, lr 1e-2 with warmup + cosine,
          2000 / 4000 / 6000 steps (the transformer at L = 256 is the slowest part).
          Budget: about 15 minutes on 2 CPU cores.
+  quick  the part of `l2m report`'s default: L = 16, 64; gauss-gpt2, dim(z) = 32 and 512;
+         1500 / 2000 steps (a few minutes on 2 CPU cores).
   gpu    one accelerator (not timed here): 16 channels, L = 64 ... 4096, the same small
          models with dim(z) up to 2048 and a Mamba-2; batch 16, 20 000 steps, lr 3e-3.
   paper  the paper's setup (PAPER.md §6): 64 channels, L = 256, 1024, 4096; GPT-2 (124M),
@@ -89,6 +92,17 @@ PRESETS: dict[str, SweepPreset] = {
         ),
         layers=(2, 3, 4),
         steps=(2000, 4000, 6000),
+        channels=4,
+        batch=4,
+    ),
+    "quick": SweepPreset(
+        models=(
+            ModelSpec("gpt2", "gauss-gpt2"),
+            ModelSpec("mamba-z32", "gauss-mamba-z32"),
+            ModelSpec("mamba-z512", "gauss-mamba-z512"),
+        ),
+        layers=(2, 3),
+        steps=(1500, 2000),
         channels=4,
         batch=4,
     ),
@@ -257,7 +271,7 @@ def late_kl(run: dict) -> float:
     return float(values[-max(1, len(values) // 4) :].mean())
 
 
-def findings(runs: list[dict]) -> dict:
+def checks(runs: list[dict]) -> dict:
     """What the paper predicts, checked on these runs (None where the sweep cannot tell)."""
     transformers = [r for r in runs if r["model_type"] == "TransformerConfig"]
     ssms = [r for r in runs if r["model_type"] != "TransformerConfig"]
@@ -299,8 +313,9 @@ def _results(preset: SweepPreset, runs: list[dict], seconds: float, interrupted:
         "preset": dataclasses.asdict(preset),
         "seconds": seconds,
         "interrupted": interrupted,
-        "runs": runs,
-        "findings": findings(runs),
+        "results": runs,
+        "checks": (found := checks(runs)),
+        "findings": findings_text(found),
     }
 
 
@@ -310,7 +325,7 @@ def _results(preset: SweepPreset, runs: list[dict], seconds: float, interrupted:
 def plot_all(results: dict, plot_dir: str | pathlib.Path) -> list[pathlib.Path]:
     plt = pyplot()
     plot_dir = pathlib.Path(plot_dir)
-    runs = results["runs"]
+    runs = results["results"]
     models = list(dict.fromkeys(r["model"] for r in runs))
     lengths = sorted({r["seq_len"] for r in runs})
     colors = {m: plt.cm.viridis(i / max(1, len(models) - 1)) for i, m in enumerate(models)}
@@ -387,6 +402,27 @@ def plot_all(results: dict, plot_dir: str | pathlib.Path) -> list[pathlib.Path]:
     return paths
 
 
+def findings_text(found: dict) -> list[str]:
+    """The checks of `checks` as sentences (the results JSON's "findings")."""
+    lines = []
+    for L, ok in found["kl_falls_with_ssm_state"].items():
+        lines.append(f"L={L}: average KL falls as the SSM state grows: {'yes' if ok else 'no'}")
+    for L, gap in found["late_kl_smallest_ssm_minus_transformer"].items():
+        lines.append(
+            f"L={L}: late-position KL of {found['smallest_ssm']} minus "
+            f"{found['reference_transformer']}: {gap:+.4f}"
+        )
+    if found.get("gap_grows_with_L") is not None:
+        grows = "grows" if found["gap_grows_with_L"] else "does not grow monotonically"
+        lines.append(f"that gap {grows} with L")
+    if "collapse_rank_correlation" in found:
+        lines.append(
+            "rank correlation of average KL with I_BP/dim(z) over all runs: "
+            f"{found['collapse_rank_correlation']:.3f}"
+        )
+    return lines
+
+
 def _print(results: dict) -> None:
     rows = [
         [
@@ -401,21 +437,14 @@ def _print(results: dict) -> None:
             r["steps_per_s"],
             r["seconds"],
         ]
-        for r in results["runs"]
+        for r in results["results"]
     ]
     print_table(
         ["model", "L", "dim(z)", "I_BP", "avg KL", "late KL", "avg NLL", "k_eff", "steps/s", "s"],
         rows,
     )
-    f = results["findings"]
-    for L, ok in f["kl_falls_with_ssm_state"].items():
-        print(f"L={L}: average KL falls as the SSM state grows: {'yes' if ok else 'NO'}")
-    for L, gap in f["late_kl_smallest_ssm_minus_transformer"].items():
-        print(f"L={L}: late KL {f['smallest_ssm']} − {f['reference_transformer']} = {gap:+.4f}")
-    if "collapse_rank_correlation" in f:
-        print(
-            f"rank correlation of average KL with I_BP/dim(z): {f['collapse_rank_correlation']:.3f}"
-        )
+    for line in results["findings"]:
+        print(line)
     print(f"total {results['seconds']:.0f} s")
 
 
