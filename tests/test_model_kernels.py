@@ -15,8 +15,15 @@ def _rel_err(got, want):
     return float(np.abs(got - want).max()) / max(float(np.abs(want).max()), 1e-30)
 
 
-@pytest.mark.parametrize("name", ["mamba-tiny", "mamba2-tiny"])
-def test_ssm_forward_and_gradients_match(name):
+@pytest.mark.parametrize(
+    "name, grads",
+    [
+        ("mamba2-tiny", True),
+        ("mamba-tiny", False),
+        pytest.param("mamba-tiny", True, marks=pytest.mark.slow),
+    ],
+)
+def test_ssm_forward_and_gradients_match(name, grads):
     """Whole-sequence logits and parameter gradients of the NLL: xla vs pallas (interpret)."""
     cfg_xla = models.preset(name, implementation="xla")
     cfg_pallas = dataclasses.replace(cfg_xla, implementation="pallas", interpret=True)
@@ -31,6 +38,8 @@ def test_ssm_forward_and_gradients_match(name):
 
     @jax.jit
     def both(params):
+        if not grads:
+            return [({}, loss(params, cfg)[1]) for cfg in (cfg_xla, cfg_pallas)]
         grad = jax.grad(loss, has_aux=True)
         return [grad(params, cfg) for cfg in (cfg_xla, cfg_pallas)]
 
