@@ -96,3 +96,23 @@ def print_table(headers: list[str], rows: list[list[Any]]) -> None:
     print("  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True)))
     for r in cells:
         print("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)))
+
+
+def read_token_file(path: str) -> list[np.ndarray]:
+    """Documents from a token file: .npy [T] (one document) or [n_docs, T], or an .npz whose
+    arrays (1-D, in archive order) are the documents."""
+    p = pathlib.Path(path)
+    if not p.is_file():
+        raise ValueError(f"--tokens: no file at {p}")
+    try:
+        data = np.load(p, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"--tokens: {p} is not a .npy/.npz token file ({err})") from None
+    if isinstance(data, np.lib.npyio.NpzFile):
+        with data:
+            return [data[k] for k in data.files]
+    if data.ndim == 1:
+        return [data]
+    if data.ndim != 2:
+        raise ValueError(f"--tokens: {p} must hold [T] or [n_docs, T] ids, got {data.shape}")
+    return list(data)

@@ -20,11 +20,17 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import pathlib
 
 import numpy as np
 
-from l2m_jax.experiments._common import int_range, print_table, pyplot, save_figure, write_json
+from l2m_jax.experiments._common import (
+    int_range,
+    print_table,
+    pyplot,
+    read_token_file,
+    save_figure,
+    write_json,
+)
 
 SOURCES = ("markov", "hidden_markov")
 # Defaults for the pretrained-model run: samples per run, tokens per sample, batch size.
@@ -69,22 +75,6 @@ def _splits(args, length: int) -> list[int]:
     return [2**k for k in range(1, top.bit_length()) if 2**k <= top]
 
 
-def _read_tokens(path: str) -> list[np.ndarray]:
-    p = pathlib.Path(path)
-    if not p.is_file():
-        raise ValueError(f"--tokens: no file at {p}")
-    try:
-        data = np.load(p, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"--tokens: {p} is not a .npy/.npz token file ({err})") from None
-    if isinstance(data, np.lib.npyio.NpzFile):
-        with data:
-            return [data[k] for k in data.files]
-    if data.ndim != 2:
-        raise ValueError(f"--tokens: {p} must hold [n_docs, T] token ids, got shape {data.shape}")
-    return list(data)
-
-
 def _source(name: str, seed: int):
     from l2m_jax.sources import hidden_markov, markov_chain
 
@@ -109,7 +99,7 @@ def _pretrained(args):
     if max_len > model.max_len:
         raise ValueError(f"--max-len {max_len} exceeds the model's {model.max_len} positions")
     if args.tokens is not None:
-        docs = _read_tokens(args.tokens)
+        docs = read_token_file(args.tokens)
         return model, docs, None
     corpus = load_corpus(args.corpus, tokenizer=model.tokenizer)
     samples = chunk_documents(corpus, max_len, tokenizer=model.tokenizer)
@@ -141,7 +131,7 @@ def measure(args: argparse.Namespace) -> dict:
 
         src = _source(args.source, args.seed)
         if args.tokens is not None:
-            docs = _read_tokens(args.tokens)
+            docs = read_token_file(args.tokens)
         else:
             length = args.length or 256
             docs = np.asarray(src.sample(jax.random.key(args.seed), args.docs or 256, length))

@@ -23,12 +23,18 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import pathlib
 import time
 
 import numpy as np
 
-from l2m_jax.experiments._common import int_range, print_table, pyplot, save_figure, write_json
+from l2m_jax.experiments._common import (
+    int_range,
+    print_table,
+    pyplot,
+    read_token_file,
+    save_figure,
+    write_json,
+)
 
 SOURCES = ("markov", "hidden_markov")
 
@@ -65,31 +71,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _read_tokens(path: str) -> list[np.ndarray]:
-    p = pathlib.Path(path)
-    if not p.is_file():
-        raise ValueError(f"--tokens: no file at {p}")
-    try:
-        data = np.load(p, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"--tokens: {p} is not a .npy/.npz token file ({err})") from None
-    if isinstance(data, np.lib.npyio.NpzFile):
-        with data:
-            return [data[k] for k in data.files]
-    if data.ndim == 1:
-        return [data]
-    if data.ndim != 2:
-        raise ValueError(f"--tokens: {p} must hold [T] or [n_docs, T] ids, got {data.shape}")
-    return list(data)
-
-
 def _documents(args) -> tuple[list[np.ndarray], int | None, object, str]:
     """(documents, vocab size or None, exact source or None, label)."""
     chosen = [n for n in ("tokens", "source", "corpus") if getattr(args, n) is not None]
     if len(chosen) != 1:
         raise ValueError("choose the tokens: exactly one of --tokens, --source or --corpus")
     if args.tokens is not None:
-        return _read_tokens(args.tokens), args.vocab_size, None, args.tokens
+        return read_token_file(args.tokens), args.vocab_size, None, args.tokens
     if args.source is not None:
         import jax
 
