@@ -368,7 +368,8 @@ def _plot(path, rows, summary):
                 ax1.plot(*zip(*pts, strict=True), marker=marker, label=f"{kernel} {impl}")
     ax1.set(xscale="log", yscale="log", xlabel="state size per layer (elements)")
     ax1.set(ylabel="tokens/s (forward)", title=f"scan, L = {summary['scan_seq_len']}")
-    ax1.legend(fontsize=7)
+    if ax1.get_legend_handles_labels()[0]:
+        ax1.legend(fontsize=7)
     dec = [r for r in rows if r["section"] == "decode"]
     for layer, impl in sorted({(r["layer"], r["implementation"]) for r in dec}):
         pts = sorted(
