@@ -17,7 +17,8 @@ export JAX_PLATFORMS=${JAX_PLATFORMS:-cuda}  # tests/conftest.py defaults to cpu
   nvidia-smi --query-gpu=name,memory.total,clocks.max.memory --format=csv
 } 2>&1 | tee "$OUT/env.txt"
 timeout 360 python -m pytest -q -p no:cacheprovider -m "slow or not slow" \
-  tests/test_kernels_scan.py tests/test_kernels_decode.py -k "not Interpret" \
+  tests/test_kernels_scan.py tests/test_kernels_decode.py tests/test_kernels_reference.py \
+  -k "not Interpret" \
   --durations=10 2>&1 | tee "$OUT/kernel_tests.txt"
 echo "kernel tests exit status: ${PIPESTATUS[0]}" | tee -a "$OUT/kernel_tests.txt"
 timeout 200 python -m pytest -q -p no:cacheprovider tests/test_model_kernels.py 2>&1 \
