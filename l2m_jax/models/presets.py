@@ -2,9 +2,10 @@
 
 Vocabularies: gpt2* use GPT-2's 50 257 tokens; mamba* and mamba2* use GPT-NeoX's 50 280 (as
 the Mamba checkpoints); smollm2-135m uses its own 49 152. `NOMINAL_PARAMS` holds the size each
-name stands for (parameter counts with tied embeddings). All are within 5% of it except
-mamba-50m and mamba-70m: the paper's shapes (12 and 24 layers of width 512, d_state 16) count
-46.1M and 66.4M (−7.8%, −5.1%); the shapes are kept as the paper gives them.
+name stands for (parameter counts with tied embeddings); every preset is within 5% of it.
+The shapes are the paper's (PAPER.md §6) except mamba-50m and mamba-70m: the paper lists 12 and
+24 layers of width 512, which count only 46.1M and 66.4M with the NeoX vocabulary (−7.8%,
+−5.1%), so these two have 14 and 26 layers (49.5M, 69.8M) and keep the width and d_state.
 
 Tiny token models (vocab 256, width 64, 2 layers) for tests and CPU runs:
   gpt2-tiny, llama-tiny, mamba-tiny, mamba2-tiny.
@@ -33,8 +34,8 @@ PRESETS: dict = {
     "gpt2": TransformerConfig(**_GPT2, d_model=768, n_layers=12, n_heads=12),
     "gpt2-medium": TransformerConfig(**_GPT2, d_model=1024, n_layers=24, n_heads=16),
     "gpt2-large": TransformerConfig(**_GPT2, d_model=1280, n_layers=36, n_heads=20),
-    "mamba-50m": MambaConfig(vocab_size=_NEOX, d_model=512, n_layers=12),
-    "mamba-70m": MambaConfig(vocab_size=_NEOX, d_model=512, n_layers=24),
+    "mamba-50m": MambaConfig(vocab_size=_NEOX, d_model=512, n_layers=14),
+    "mamba-70m": MambaConfig(vocab_size=_NEOX, d_model=512, n_layers=26),
     "mamba-130m": MambaConfig(vocab_size=_NEOX, d_model=768, n_layers=24),
     "mamba-370m": MambaConfig(vocab_size=_NEOX, d_model=1024, n_layers=48),
     "mamba-790m": MambaConfig(vocab_size=_NEOX, d_model=1536, n_layers=48),
