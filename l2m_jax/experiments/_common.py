@@ -86,7 +86,7 @@ def print_table(headers: list[str], rows: list[list[Any]]) -> None:
 
     def cell(v: Any) -> str:
         if isinstance(v, float):
-            return f"{v:.4g}"
+            return f"{v:.4g}" if math.isfinite(v) else "-"  # e.g. no steps were timed
         return str(v)
 
     cells = [[cell(v) for v in row] for row in rows]
