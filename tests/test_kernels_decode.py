@@ -41,7 +41,7 @@ class TestDecodeKernel:
         if not self.INTERPRET and _dispatch.platform() == "cpu":
             pytest.skip("native Pallas needs a GPU or TPU (the Interpret subclass runs on CPU)")
 
-    def _check(self, H, K, dtype, blocks_per_split=2, E=16, seed=0, grads=True):
+    def _assert_matches(self, H, K, dtype, blocks_per_split=2, E=16, seed=0, grads=True):
         target = self.TARGET or _dispatch.pallas_target(self.INTERPRET)
         block = 16 if target == "gpu" else BLOCK  # Triton's dot needs every dimension >= 16
         # Ragged lengths: 1, block−1, block, block+1, several splits, the full cache S.
@@ -79,16 +79,18 @@ class TestDecodeKernel:
         ],
     )
     def test_fp32(self, H, K, grads):
-        self._check(H, K, jnp.float32, grads=grads)
+        self._assert_matches(H, K, jnp.float32, grads=grads)
 
     def test_bf16(self):
-        self._check(6, 2, jnp.bfloat16, blocks_per_split=3)
+        self._assert_matches(6, 2, jnp.bfloat16, blocks_per_split=3)
 
     @pytest.mark.slow
     @pytest.mark.parametrize("blocks_per_split", [1, 4, 8])
     @pytest.mark.parametrize("H, K", [(1, 1), (9, 3), (16, 2)])
     def test_sweep(self, H, K, blocks_per_split):
-        self._check(H, K, jnp.float32, blocks_per_split=blocks_per_split, E=32, grads=False)
+        self._assert_matches(
+            H, K, jnp.float32, blocks_per_split=blocks_per_split, E=32, grads=False
+        )
 
     def test_dispatcher_and_zero_length(self):
         """Through `decode_attention` with the dispatcher's block sizes; length 0 gives zeros."""
@@ -113,7 +115,7 @@ class TestDecodeKernelInterpretGpuForm(TestDecodeKernel):
     test_dispatcher_and_zero_length = None
 
     def test_gpu_form(self):
-        self._check(6, 2, jnp.float32, blocks_per_split=3)
+        self._assert_matches(6, 2, jnp.float32, blocks_per_split=3)
 
     @pytest.mark.slow
     def test_bf16(self):

@@ -47,7 +47,7 @@ def _inputs(config, key, B, L):
     return jax.random.normal(key, (B, L, config.channels), jnp.float32)
 
 
-def _close(a, b):
+def _assert_close(a, b):
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5), a, b)
 
 
@@ -85,11 +85,11 @@ def test_generation_equals_training(forward):
         out, cache = decode(params, inputs[:, t], cache)
         outs.append(jax.tree.map(lambda a: a[:, None], out))
     np.testing.assert_array_equal(cache.lengths, [L, L])
-    _close(jax.tree.map(lambda *a: jnp.concatenate(a, axis=1), *outs), full)
+    _assert_close(jax.tree.map(lambda *a: jnp.concatenate(a, axis=1), *outs), full)
     # a second prefill continues from the cache (positions L0.., states carried over)
     _, cache = prefill(params, inputs[:, :L0], models.init_cache(config, B, S))
     out2, cache = prefill(params, inputs[:, L0 : 2 * L0], cache)
-    _close(out2, jax.tree.map(lambda a: a[:, L0 : 2 * L0], full))
+    _assert_close(out2, jax.tree.map(lambda a: a[:, L0 : 2 * L0], full))
 
 
 def test_causality_is_exact(forward):
@@ -116,7 +116,7 @@ def test_data_parallel_forward_matches(forward):
     )
     out = jax.jit(lambda p, x: models.apply(config, p, x))(params, sharded)
     assert out.mean.sharding.spec[0] == "data"
-    _close(out, full)
+    _assert_close(out, full)
 
 
 def test_remat_gives_the_same_gradients(forward):
@@ -163,7 +163,7 @@ def test_generation_with_token_head():
             steps.append(logits[:, None])
         return jnp.concatenate(steps, axis=1), models.apply(config, params, tokens)
 
-    _close(*generate_and_apply(params, tokens))
+    _assert_close(*generate_and_apply(params, tokens))
 
 
 def _mamba1_sequential(config, p, h_BxLxD):
