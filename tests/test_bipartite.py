@@ -208,3 +208,21 @@ def test_bad_input():
         run(d=docs.astype(np.float32))
     with pytest.raises(ValueError, match="at least 2 documents"):
         derangement(1)
+
+
+def test_exponent_fit_drops_leading_non_positive_splits():
+    from l2m_jax.information.bipartite import _fit
+    from l2m_jax.information.fits import fit_power_law
+
+    rng = np.random.default_rng(0)
+    splits = (2, 4, 8, 16, 32)
+    truth = np.array([-0.1, 2.0, 3.2, 5.1, 8.2])  # ℓ = 2 has a mean ≤ 0, as corrected often does
+    values = truth + 0.05 * rng.standard_normal((64, len(splits)))
+    values -= values.mean(0) - truth  # exact means
+    fit = _fit(splits, values, resamples=200, confidence=0.95, seed=0)
+    assert fit.splits == (4, 8, 16, 32)
+    ref = fit_power_law(splits[1:], truth[1:])
+    assert fit.exponent == pytest.approx(ref.exponent, rel=1e-12)
+    assert fit.interval[0] < fit.exponent < fit.interval[1]
+    # Only two splits above the last non-positive one: no fit.
+    assert _fit(splits, values * np.array([1, 1, -1, 1, 1]), 200, 0.95, 0) is None

@@ -265,12 +265,13 @@ def run(args: argparse.Namespace) -> int:
     for key in ("direct", "direct_uncorrected", "vclub"):
         fit = rec[f"{key}_fit"]
         if fit is None:
-            print(f"{key}: no power-law fit (needs ≥ 3 splits with positive estimates)")
+            print(f"{key}: no power-law fit (needs ≥ 3 splits above the last estimate ≤ 0)")
         else:
             lo, hi = fit["interval"]
+            fitted = fit["splits"]
             print(
                 f"{key}: I ∝ ℓ^{fit['exponent']:.4f} ± {fit['exponent_stderr']:.4f} "
-                f"(bootstrap 95% [{lo:.4f}, {hi:.4f}])"
+                f"(bootstrap 95% [{lo:.4f}, {hi:.4f}]; ℓ = {fitted[0]}…{fitted[-1]})"
             )
     print(
         f"tokens scored: {rec['total_tokens_scored']} (run through the model: "

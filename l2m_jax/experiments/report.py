@@ -225,12 +225,15 @@ def _bipartite_summary(rec: dict) -> list[str]:
     for key in ("direct", "direct_uncorrected", "vclub"):
         fit = rec.get(f"{key}_fit")
         if fit is None:
-            lines.append(f"- {key}: no power-law fit (needs ≥ 3 splits with positive estimates).")
+            lines.append(
+                f"- {key}: no power-law fit (needs ≥ 3 splits above the last estimate ≤ 0)."
+            )
         else:
             lo, hi = fit["interval"]
             lines.append(
                 f"- {key}: I_BP(ℓ; 2ℓ) ∝ ℓ^{_fmt(fit['exponent'])} ± "
-                f"{_fmt(fit['exponent_stderr'], 2)} (bootstrap 95% [{_fmt(lo)}, {_fmt(hi)}])."
+                f"{_fmt(fit['exponent_stderr'], 2)} (bootstrap 95% [{_fmt(lo)}, {_fmt(hi)}]; "
+                f"fitted over ℓ = {fit['splits'][0]}…{fit['splits'][-1]})."
             )
     lines.append(
         "- Paper: I_BP(L/2; L) ∝ L^β with 0 < β < 1 on PG19 and Wikipedia with 405B-scale "

@@ -268,6 +268,9 @@ class ExponentFit(NamedTuple):
       exponent, exponent_stderr, amplitude: the OLS fit (`fit_power_law`).
       interval: (low, high) exponent interval from a document-level bootstrap.
       bootstrap_std: standard deviation of the bootstrap exponents.
+      splits: the splits fitted: all of them, or — when the smallest splits have means ≤ 0
+        (the n-gram-corrected estimate at ℓ = 2 is often ≈ 0 with a small model) — the
+        splits above the last non-positive one.
     """
 
     exponent: float
@@ -275,6 +278,7 @@ class ExponentFit(NamedTuple):
     amplitude: float
     interval: tuple[float, float]
     bootstrap_std: float
+    splits: tuple[int, ...] = ()
 
 
 class BipartiteResult(NamedTuple):
@@ -377,14 +381,17 @@ def _fit(
     seed: int,
 ) -> ExponentFit | None:
     means = values_NxS.mean(axis=0)
-    if len(splits) < 3 or np.any(means <= 0):
+    bad = np.flatnonzero(means <= 0)
+    first = int(bad[-1]) + 1 if bad.size else 0  # a log-log fit needs positive means
+    splits, values_NxS = tuple(splits[first:]), values_NxS[:, first:]
+    if len(splits) < 3:
         return None
-    fit = fit_power_law(np.asarray(splits, np.float64), means)
+    fit = fit_power_law(np.asarray(splits, np.float64), means[first:])
     boot = bootstrap_power_law(
         splits, values_NxS, resamples=resamples, confidence=confidence, seed=seed
     )
     return ExponentFit(
-        fit.exponent, fit.exponent_stderr, fit.amplitude, (boot.low, boot.high), boot.std
+        fit.exponent, fit.exponent_stderr, fit.amplitude, (boot.low, boot.high), boot.std, splits
     )
 
 
