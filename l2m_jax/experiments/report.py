@@ -69,7 +69,7 @@ def _fmt(x, digits: int = 3) -> str:
 
 
 def _gaussian_argv(preset: str, out: pathlib.Path) -> list[str]:
-    layers = "1-6" if preset == "quick" else "1-7"
+    layers = "1-7" if preset == "accelerator" else "1-6"  # L = 16384 needs ~10 GB (float64)
     return _l2m(
         "gaussian-mi", "--family", "subvolume", "--layers", layers, *_outputs("gaussian_mi", out)
     )
