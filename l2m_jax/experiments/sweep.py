@@ -343,21 +343,27 @@ def plot_all(results: dict, plot_dir: str | pathlib.Path) -> list[pathlib.Path]:
     fig.suptitle("position-wise KL (smoothed)")
     paths.append(save_figure(fig, plot_dir / "kl_by_position.png"))
 
-    fig, ax = plt.subplots(figsize=(5, 4))
-    for m in models:
-        rs = sorted((r for r in runs if r["model"] == m), key=lambda r: r["seq_len"])
-        ax.plot(
-            [r["seq_len"] for r in rs], [r["avg_kl"] for r in rs], "o-", color=colors[m], label=m
-        )
-    ax.set(
-        xscale="log",
-        yscale="log",
-        xlabel="L",
-        ylabel="average KL (nats / channel)",
-        title="average KL against sequence length",
+    def against_L(key: str, ylabel: str, title: str, name: str) -> None:
+        """One line per model: `key` of each run against its L (runs without it skipped)."""
+        fig, ax = plt.subplots(figsize=(5, 4))
+        for m in models:
+            rs = sorted(
+                (r for r in runs if r["model"] == m and r.get(key) is not None),
+                key=lambda r: r["seq_len"],
+            )
+            ax.plot(
+                [r["seq_len"] for r in rs], [r[key] for r in rs], "o-", color=colors[m], label=m
+            )
+        ax.set(xscale="log", yscale="log", xlabel="L", ylabel=ylabel, title=title)
+        ax.legend(fontsize=8)
+        paths.append(save_figure(fig, plot_dir / name))
+
+    against_L(
+        "avg_kl",
+        "average KL (nats / channel)",
+        "average KL against sequence length",
+        "avg_kl_vs_L.png",
     )
-    ax.legend(fontsize=8)
-    paths.append(save_figure(fig, plot_dir / "avg_kl_vs_L.png"))
 
     fig, ax = plt.subplots(figsize=(5, 4))
     markers = "osD^v<>ph"
@@ -381,24 +387,7 @@ def plot_all(results: dict, plot_dir: str | pathlib.Path) -> list[pathlib.Path]:
     paths.append(save_figure(fig, plot_dir / "avg_kl_vs_mi_per_state.png"))
 
     if any(r.get("k_eff") is not None for r in runs):
-        fig, ax = plt.subplots(figsize=(5, 4))
-        for m in models:
-            rs = sorted(
-                (r for r in runs if r["model"] == m and r.get("k_eff") is not None),
-                key=lambda r: r["seq_len"],
-            )
-            ax.plot(
-                [r["seq_len"] for r in rs], [r["k_eff"] for r in rs], "o-", color=colors[m], label=m
-            )
-        ax.set(
-            xscale="log",
-            yscale="log",
-            xlabel="L",
-            ylabel="k_eff (positions)",
-            title="effective memory",
-        )
-        ax.legend(fontsize=8)
-        paths.append(save_figure(fig, plot_dir / "k_eff_vs_L.png"))
+        against_L("k_eff", "k_eff (positions)", "effective memory", "k_eff_vs_L.png")
     return paths
 
 
