@@ -83,7 +83,7 @@ class TestScanKernel:
             pytest.skip("native Pallas needs a GPU or TPU (the Interpret subclass runs on CPU)")
 
     def _target(self):
-        return self.TARGET or _dispatch.pallas_target(self.INTERPRET)
+        return self.TARGET or ("tpu" if self.INTERPRET else _dispatch.platform())
 
     def _check_ssd(self, B, L, H, P, G, N, dtype, chunk=SSD_CHUNK, seed=0, grads=True):
         args = _ssd_inputs(jax.random.key(seed), B, L, H, P, G, N, dtype)

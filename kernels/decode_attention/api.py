@@ -101,26 +101,30 @@ def decode_attention(
     for name, a in (("q_BxHxE", q_BxHxE), ("k_cache_BxKxSxE", k_cache_BxKxSxE)):
         if a.dtype not in (jnp.float32, jnp.bfloat16):
             problem = f"{name} has dtype {a.dtype} (the kernel takes float32 or bfloat16)"
-    if _dispatch.platform() == "gpu" and (E < 16 or E & (E - 1)):
-        problem = f"the GPU kernel needs a head dimension E that is a power of two >= 16, got {E}"
-    if _dispatch.platform() == "gpu" and S % 16:
-        problem = f"the GPU kernel needs a cache capacity S that is a multiple of 16, got {S}"
-    impl = _dispatch.choose("decode_attention", implementation, interpret, problem)
-    lengths_B = lengths_B.astype(jnp.int32)
-    if impl == "xla":
-        return reference.decode_attention_reference(
-            q_BxHxE, k_cache_BxKxSxE, v_cache_BxKxSxE, lengths_B, scale=scale
-        )
-    target = _dispatch.pallas_target(interpret)
-    block_size, blocks_per_split = pallas.default_blocks(B, K, S, target)
-    return _decode_pallas(
-        q_BxHxE,
-        k_cache_BxKxSxE,
-        v_cache_BxKxSxE,
-        lengths_B,
-        float(scale),
-        block_size,
-        blocks_per_split,
+
+    def unsupported(target):
+        if problem is None and target == "gpu" and (E < 16 or E & (E - 1)):
+            return f"the GPU kernel needs a head dimension E that is a power of two >= 16, got {E}"
+        if problem is None and target == "gpu" and S % 16:
+            return f"the GPU kernel needs a cache capacity S that is a multiple of 16, got {S}"
+        return problem
+
+    scale = float(scale)
+
+    def pallas_form(target, interpret=False):
+        block_size, blocks_per_split = pallas.default_blocks(B, K, S, target)
+        static = (scale, block_size, blocks_per_split, interpret, target)
+        return lambda q, k, v, lengths: _decode_pallas(q, k, v, lengths, *static)
+
+    def xla_form(q, k, v, lengths):
+        return reference.decode_attention_reference(q, k, v, lengths, scale=scale)
+
+    fn = _dispatch.select(
+        "decode_attention",
+        implementation,
         interpret,
-        target,
+        xla=xla_form,
+        pallas=pallas_form,
+        unsupported=unsupported,
     )
+    return fn(q_BxHxE, k_cache_BxKxSxE, v_cache_BxKxSxE, lengths_B.astype(jnp.int32))

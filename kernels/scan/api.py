@@ -168,17 +168,26 @@ def selective_scan(
     arrays = dict(x_BxLxD=x_BxLxD, dt_BxLxD=dt_BxLxD, A_DxN=A_DxN, B_BxLxN=B_BxLxN)
     arrays.update(C_BxLxN=C_BxLxN, h0_BxDxN=h0_BxDxN)
     _check_float(**arrays)
-    impl = _dispatch.choose(
-        "selective_scan", implementation, interpret, _pallas_dtype_problem(**arrays)
-    )
+    problem = _pallas_dtype_problem(**arrays)
     h0 = jnp.zeros((Bsz, D, N), jnp.float32) if h0_BxDxN is None else h0_BxDxN
     args = (x_BxLxD, dt_BxLxD, A_DxN, B_BxLxN, C_BxLxN, h0)
-    if impl == "pallas":
-        target = _dispatch.pallas_target(interpret)
-        return _selective_pallas(*args, _SELECTIVE_CHUNK, interpret, target)
-    if _dispatch.platform() == "cpu":
-        return _selective_sequential(*args)  # plain lax.scan, its own autodiff
-    return reference.selective_scan_chunked(*args[:5], h0_BxDxN=h0)
+
+    def pallas_form(target, interpret=False):
+        return lambda *a: _selective_pallas(*a, _SELECTIVE_CHUNK, interpret, target)
+
+    fn = _dispatch.select(
+        "selective_scan",
+        implementation,
+        interpret,
+        xla={"cpu": _selective_sequential, "default": _selective_chunked},
+        pallas=pallas_form,
+        unsupported=lambda target: problem,
+    )
+    return fn(*args)
+
+
+def _selective_chunked(x, dt, A, Bm, Cm, h0):
+    return reference.selective_scan_chunked(x, dt, A, Bm, Cm, h0_BxDxN=h0)
 
 
 def ssd(
@@ -229,16 +238,31 @@ def ssd(
     arrays.update(C_BxLxGxN=C_BxLxGxN, h0_BxHxPxN=h0_BxHxPxN)
     _check_float(**arrays)
     problem = _pallas_dtype_problem(**arrays)
-    if _dispatch.platform() == "gpu" and (chunk_size < 16 or chunk_size & (chunk_size - 1)):
-        problem = f"the GPU kernel needs chunk_size a power of two >= 16, got {chunk_size}"
-    impl = _dispatch.choose("ssd", implementation, interpret, problem)
+
+    def unsupported(target):
+        if (
+            problem is None
+            and target == "gpu"
+            and (chunk_size < 16 or chunk_size & (chunk_size - 1))
+        ):
+            return f"the GPU kernel needs chunk_size a power of two >= 16, got {chunk_size}"
+        return problem
+
+    def pallas_form(target, interpret=False):
+        return lambda *a: _ssd_pallas(*a, chunk_size, interpret, target)
+
+    def chunked(x, dt, A, Bm, Cm, h0):
+        return reference.ssd_chunked(x, dt, A, Bm, Cm, chunk_size=chunk_size, h0_BxHxPxN=h0)
+
+    cpu = _ssd_sequential if H * P * N <= _CPU_SSD_SEQUENTIAL_GRAD_MAX else _ssd_xla_cpu
     h0 = jnp.zeros((Bsz, H, P, N), jnp.float32) if h0_BxHxPxN is None else h0_BxHxPxN
     args = (x_BxLxHxP, dt_BxLxH, A_H, B_BxLxGxN, C_BxLxGxN, h0)
-    if impl == "pallas":
-        target = _dispatch.pallas_target(interpret)
-        return _ssd_pallas(*args, chunk_size, interpret, target)
-    if _dispatch.platform() == "cpu":
-        if H * P * N <= _CPU_SSD_SEQUENTIAL_GRAD_MAX:
-            return _ssd_sequential(*args)  # plain lax.scan, its own autodiff
-        return _ssd_xla_cpu(*args)
-    return reference.ssd_chunked(*args[:5], chunk_size=chunk_size, h0_BxHxPxN=h0)
+    fn = _dispatch.select(
+        "ssd",
+        implementation,
+        interpret,
+        xla={"cpu": cpu, "default": chunked},
+        pallas=pallas_form,
+        unsupported=unsupported,
+    )
+    return fn(*args)
