@@ -19,6 +19,8 @@ from typing import NamedTuple
 
 import jax
 
+from kernels import _dispatch
+
 __all__ = ["KernelCall", "fake_tpu_chip", "kernel_calls", "lower"]
 
 PLATFORMS = ("tpu", "cuda", "cpu")
@@ -82,8 +84,9 @@ def lower(fn: Callable, *args, platform: str, device_kind: str = "TPU v5p", **kw
     """
     if platform not in PLATFORMS:
         raise ValueError(f"platform must be one of {PLATFORMS}, got {platform!r}")
-    jitted = jax.jit(lambda *a: fn(*a, **kwargs))
-    traced = jitted.trace(*args)
+    jitted = jax.jit(lambda *a: fn(*a, **kwargs))  # a fresh function: nothing cached
+    with _dispatch.lowering_for(platform):
+        traced = jitted.trace(*args)
     chip = fake_tpu_chip(device_kind) if platform == "tpu" else contextlib.nullcontext()
     with chip:
         return traced.lower(lowering_platforms=(platform,)).as_text()
