@@ -42,4 +42,4 @@ stage benchmark_bf16 240 python -m benchmarks.scan --preset gpu --dtype bfloat16
 stage benchmark_f32 120 python -m benchmarks.scan --preset gpu --dtype float32 \
   --sections scan --json "$OUT/scan_f32.json"
 stage autotune 150 python -m benchmarks.scan --preset gpu --dtype bfloat16 --sections "" \
-  --autotune --json "$OUT/autotune.json"
+  --autotune --autotune-seconds 110 --json "$OUT/autotune.json"

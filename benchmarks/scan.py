@@ -45,6 +45,7 @@ import dataclasses
 import functools
 import itertools
 import sys
+import time
 from typing import NamedTuple
 
 import jax
@@ -448,19 +449,16 @@ def _train_rows(models_spec, progress):
 
 
 def _autotune_grid(kernel, target, shape):
-    """Candidate block configurations for one shape."""
+    """Candidate block configurations for one shape (the likeliest first)."""
     if kernel == "ssd":
         R = shape.heads // shape.groups
-        chunks = (64, 128, 256)
-        heads = sorted({h for h in (1, 2, 4, 8, R) if R % h == 0} | {shape.heads})
-        for T, hb, warps in itertools.product(chunks, heads, (4, 8)):
+        heads = sorted({h for h in (1, 4, 8, R) if R % h == 0})
+        for T, hb, warps in itertools.product((64, 128, 256), heads, (4, 8)):
             if target == "tpu":
-                if hb % 8 and hb != shape.heads:
-                    continue
-                yield SSDBlocks(T, hb, 8 if shape.heads % 8 == 0 else shape.heads, 0)
+                if warps == 4 and (hb % 8 == 0 or hb == shape.heads):
+                    yield SSDBlocks(T, hb, 8 if shape.heads % 8 == 0 else shape.heads, 0)
                 continue
-            for sb in (256, 1024):
-                yield SSDBlocks(T, hb, 1, sb, warps, 2)
+            yield SSDBlocks(T, hb, 1, 1024, warps, 2)
         return
     if kernel == "selective_scan":
         if target == "tpu":
@@ -468,14 +466,14 @@ def _autotune_grid(kernel, target, shape):
                 if shape.width % bd == 0:
                     yield SelectiveBlocks(bd, K, T)
             return
-        for bd, K, warps in itertools.product((16, 32, 64), (8, 16), (1, 2, 4)):
+        for bd, K, warps in itertools.product((16, 32, 64), (8, 16), (1, 2)):
             yield SelectiveBlocks(bd, K, K, warps, 1)
         return
-    for block, per_split, warps in itertools.product((32, 64, 128), (1, 2, 4, 8), (2, 4, 8)):
+    for block, per_split, warps in itertools.product((32, 64, 128), (1, 4, 16), (4, 8)):
         yield DecodeBlocks(block, per_split, warps)
 
 
-def _autotune(preset, dtype, progress):
+def _autotune(preset, dtype, progress, budget_s):
     target = _dispatch.platform()
     results = []
     shapes = [s for s in preset["model"] if s.batch * s.seq_len >= 8 * 4096]
@@ -494,6 +492,7 @@ def _autotune(preset, dtype, progress):
             default = SelectiveBlocks.default(B, L, shape.width, shape.d_state, target, dtype)
             make = lambda b: functools.partial(selective_scan, implementation="pallas", blocks=b)
         results += _tune_one(
+            budget_s / 3,
             shape.name,
             default,
             _autotune_grid(shape.kernel, target, shape),
@@ -513,6 +512,7 @@ def _autotune(preset, dtype, progress):
     default = DecodeBlocks.default(B, K, S, target)
     make = lambda b: jax.jit(functools.partial(decode_attention, implementation="pallas", blocks=b))
     results += _tune_one(
+        budget_s / 3,
         f"decode H{H} K{K} E{E} S{S}",
         default,
         _autotune_grid("decode", target, None),
@@ -523,10 +523,14 @@ def _autotune(preset, dtype, progress):
     return results
 
 
-def _tune_one(name, default, grid, build, args, progress):
+def _tune_one(budget_s, name, default, grid, build, args, progress):
+    """Times `default` and then the grid's configurations until `budget_s` is spent."""
     rows = []
-    configs = [default] + [c for c in grid if c != default]
+    configs = [default] + [c for c in dict.fromkeys(grid) if c != default]
+    start = time.perf_counter()
     for blocks in configs:
+        if time.perf_counter() - start > budget_s:
+            break
         progress(f"autotune {name} {blocks}")
         try:
             t = time_fn(build(blocks), *args, repeats=5)
@@ -726,6 +730,9 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--autotune", action="store_true", help="time block configurations (GPU/TPU only)"
     )
+    parser.add_argument(
+        "--autotune-seconds", type=float, default=120.0, help="time budget of --autotune"
+    )
     parser.add_argument("--json", metavar="PATH", help="write every row and the summary")
     parser.add_argument("--plot", metavar="PATH", help="PNG: tokens/s vs state, decode latency")
     args = parser.parse_args(argv)
@@ -827,7 +834,7 @@ def main(argv=None) -> int:
             m: step[m, "xla"] / step[m, "auto"] for m, _ in step
         }
     if args.autotune:
-        rows += _autotune(preset, dtype, progress)
+        rows += _autotune(preset, dtype, progress, args.autotune_seconds)
     bar.close()
 
     _print_tables(rows, summary)
