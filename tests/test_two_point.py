@@ -205,6 +205,11 @@ def test_cli_on_a_token_file_and_a_source(tmp_path, capsys):
     )
     assert res["fit"]["kind"] == "power_law" and len(res["offset_profile"]["minima"]) >= 1
     assert res["tokens"] == 1250 and res["documents"] == 3
+    from l2m_jax.experiments.report import _fmt, _two_point_summary
+
+    summary = "\n".join(_two_point_summary(res))
+    assert "marginals from unigrams, bias surrogate: within (4 shuffles)" in summary
+    assert f"α = {_fmt(res['fit']['alpha'])}" in summary and "offset fit" in summary
     assert (tmp_path / "tp.png").stat().st_size > 0
     assert main(["two-point", "--source", "markov", "--docs", "20", "--length", "100",
                  "--distances", "1,2", "--quiet"]) == 0  # fmt: skip

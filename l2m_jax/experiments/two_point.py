@@ -348,6 +348,7 @@ def _plot(res: dict, path: str) -> None:
         ax2.set_ylabel("residual std of log(I_raw − C)")
         ax2.set_title("offset fit A·d^−α + C of the raw estimates, profiled over C", fontsize=9)
         ax2.legend(fontsize=7)
+    fig.tight_layout()
     save_figure(fig, path)
 
 

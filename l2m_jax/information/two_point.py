@@ -201,14 +201,14 @@ def _one_distance(table, vocab: int, method: str, h_unigram) -> tuple[float, flo
     keys, counts = table.keys, table.counts
     base = keys.dtype.type(vocab)
     first = keys // base
+    second = keys - first * base
     bounds = np.searchsorted(first, np.arange(vocab + 1, dtype=first.dtype))
     runs = np.diff(bounds)  # distinct pairs per first token
-    second = keys - np.repeat(np.arange(vocab, dtype=keys.dtype) * base, runs)
     occupied = runs > 0
-    n_first = np.zeros(vocab, np.int64)
-    n_first[occupied] = np.add.reduceat(counts, bounds[:-1][occupied], dtype=np.int64)
-    total = int(n_first.sum())
     weights = counts.astype(np.float64)  # exact below 2^53
+    n_first = np.zeros(vocab, np.int64)
+    n_first[occupied] = np.add.reduceat(weights, bounds[:-1][occupied])
+    total = int(n_first.sum())
     n_second = np.bincount(second, weights=weights, minlength=vocab).astype(np.int64)
     hist = np.bincount(counts)
     pair_values = np.flatnonzero(hist)
