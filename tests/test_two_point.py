@@ -14,6 +14,7 @@ from l2m_jax.information import (
     count_pairs,
     fit_power_law,
     offset_profile,
+    shifted_pair_counts,
     shuffle_documents,
     two_point_estimates,
     two_point_mi,
@@ -168,7 +169,7 @@ def test_bad_input():
         two_point_mi(docs, [1, 7], surrogate=None)
     for kwargs, match in [
         ({"marginals": "first"}, "marginals must be one of"),
-        ({"surrogate": "shift"}, "surrogate must be one of"),
+        ({"surrogate": "sideways"}, "surrogate must be one of"),
         ({"method": "shannon"}, "method must be one of"),
         ({"shuffles": 1}, "shuffles must be ≥ 2"),
         ({"bootstrap": 1}, "bootstrap must be 0"),
@@ -251,26 +252,36 @@ def test_official_convention_on_a_hand_made_table():
 def test_undersampled_copy_source_is_corrected_by_the_surrogate():
     """V = 4096 Zipf(1.1) tokens, N = 160 000 (V²/N = 105): exact I_TP(d) from `CopySource`.
 
-    The raw Grassberger estimate is off by ≥ 0.59 nats at every distance; subtracting the
-    within-document (or global) surrogate leaves at most a quarter of that wherever the
-    exact value exceeds 3 standard errors. Measured: remaining error ≤ 0.085 nats (within)
-    and ≤ 0.089 (global), against raw errors 0.59–0.71, d = 1..128. The remainder is
+    The raw Grassberger estimate is off by ≥ 0.59 nats at every distance; subtracting any
+    surrogate leaves at most a quarter of that wherever the exact value exceeds 3 standard
+    errors (d = 1..128). Measured remaining error: ≤ 0.085 nats (within), ≤ 0.089 (global),
+    ≤ 0.106 (shift, at d = 1), against raw errors 0.59–0.71. The shuffles' remainder is
     positive and grows with d: the raw pairs repeat in bursts (copies), which lowers the
-    raw pair entropy beyond what a shuffle reproduces.
+    raw pair entropy beyond what a shuffle reproduces; the shift surrogate keeps the bursts
+    and is left with an under-correction where I_TP is large (−0.106 at d = 1).
     """
     src = copy_source(4096, zipf=1.1, copy=0.7, max_lag=256, lag_exponent=1.0)
     tokens = np.asarray(src.sample(jax.random.key(0), 16, 10_000))
     distances = np.array([1, 2, 4, 8, 16, 32, 64, 128, 256, 512])
     exact = src.two_point_mi(distances)
     assert src.vocab_size**2 / tokens.size >= 100
-    for surrogate in ("within", "global"):
-        result = two_point_mi(tokens, distances, src.vocab_size, surrogate=surrogate)
+    results = {}
+    for surrogate in ("within", "global", "shift"):
+        result = results[surrogate] = two_point_mi(
+            tokens, distances, src.vocab_size, surrogate=surrogate
+        )
         shown = exact > 3 * result.stderr
         assert shown.sum() >= 6, distances[shown]
         raw_error = np.abs(result.mi_raw - exact)[shown]
         error = np.abs(result.mi - exact)[shown]
         assert raw_error.min() > 0.5, raw_error  # the case is one where the bias dominates
         np.testing.assert_array_less(error, 0.25 * raw_error)
+    # Far from d = 1 the shift surrogate, which keeps the bursts, is exact within 3 stderr
+    # (measured ≤ 0.0074 nats at d ≥ 64), where the shuffle leaves ≥ 0.076 (≈ 19 stderr).
+    far = distances >= 64
+    shift, within = results["shift"], results["within"]
+    np.testing.assert_array_less(np.abs(shift.mi - exact)[far], 3 * shift.stderr[far])
+    np.testing.assert_array_less(6 * within.stderr[far], (within.mi - exact)[far])
 
 
 def test_copy_source_is_exact():
@@ -338,3 +349,21 @@ def test_document_bootstrap():
     boot = result.bootstrap
     assert boot.resamples + boot.failed == 50 and boot.resamples >= 40
     assert boot.low < result.alpha < boot.high and boot.std > 0
+
+
+def test_shift_surrogate_pairs_each_token_with_a_far_one():
+    """At distance d, token i of a document of n tokens pairs with token (i + e) mod n."""
+    rng = np.random.default_rng(5)
+    docs = [rng.integers(0, 9, n) for n in (40, 7, 3, 100)]
+    got = shifted_pair_counts(docs, [5, 1], 9, seed=11)
+    draw = np.random.default_rng(11)
+    shifts = [n // 4 + int(draw.integers(0, max(n // 2, 1))) for n in (40, 7, 3, 100)]
+    assert got.distances == (1, 5) and got.tokens == 150 and got.documents == 4
+    for table, d in zip(got.tables, got.distances, strict=True):
+        want = collections.Counter()
+        for doc, e in zip(docs, shifts, strict=True):
+            assert doc.size // 4 <= e < max(3 * doc.size // 4, doc.size // 4 + 1)
+            for i in range(doc.size - d):
+                want[int(doc[i]) * 9 + int(doc[(i + e) % doc.size])] += 1
+        assert dict(zip(table.keys.tolist(), table.counts.tolist(), strict=True)) == want
+    np.testing.assert_array_equal(got.unigrams, np.bincount(np.concatenate(docs), minlength=9))

@@ -78,10 +78,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     est.add_argument(
         "--surrogate",
-        choices=["within", "global", "none"],
+        choices=["within", "global", "shift", "none"],
         default="within",
         help="bias surrogate: tokens shuffled within documents (default), across the corpus, "
-        "or none (raw estimates and the offset fit)",
+        "shift (far pairs within documents, bursts kept), or none (raw + offset fit)",
     )
     est.add_argument("--shuffles", type=int, default=4, help="surrogates averaged (≥ 2)")
     est.add_argument(

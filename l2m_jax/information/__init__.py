@@ -23,6 +23,7 @@ from l2m_jax.information.gaussian import gaussian_mi
 from l2m_jax.information.two_point import (
     TwoPointEstimates,
     TwoPointResult,
+    shifted_pair_counts,
     shuffle_documents,
     two_point_estimates,
     two_point_mi,
@@ -52,6 +53,7 @@ __all__ = [
     "gaussian_mi",
     "offset_profile",
     "scoring_plan",
+    "shifted_pair_counts",
     "shuffle_documents",
     "two_point_estimates",
     "two_point_mi",

@@ -20,6 +20,12 @@ as pairs get fewer. A surrogate measures it: the same documents with their token
 histogram but no order. "within" shuffles inside each document (it keeps each document's
 composition, so the between-document part of I_TP, which does not decay with d, is removed
 too); "global" shuffles across the corpus keeping document lengths (it keeps that floor).
+A shuffle also destroys bursts (a token repeated a few positions on), which make the raw pairs
+dependent and lower the raw pair entropy: on bursty data a shuffled surrogate under-corrects
+at large d. "shift" keeps them: at every distance token i of a document of n tokens is paired
+with token (i + e) mod n, e drawn once per document in [n/4, 3n/4), so each member keeps its
+neighbourhood but the two lie far apart (n − d pairs, as for the raw estimate). It removes
+I_TP(e) with the bias, so it holds for d well below n/4.
 Over `shuffles` surrogates the corrected estimate is
 
     Î(d) = Î_raw(d) − mean_s Î_s(d),   stderr² = se_raw² + var_s(Î_s)/S,
@@ -51,7 +57,15 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from l2m_jax.information.counting import PairCounts, _as_documents, _host_workers, count_pairs
+from l2m_jax.information.counting import (
+    CountTable,
+    PairCounts,
+    _as_documents,
+    _host_workers,
+    _key_dtype,
+    _run_lengths,
+    count_pairs,
+)
 from l2m_jax.information.entropy import (
     METHODS,
     _count_of_counts,
@@ -71,6 +85,7 @@ __all__ = [
     "SURROGATES",
     "TwoPointEstimates",
     "TwoPointResult",
+    "shifted_pair_counts",
     "shuffle_documents",
     "two_point_estimates",
     "two_point_mi",
@@ -78,7 +93,7 @@ __all__ = [
 ]
 
 MARGINALS = ("unigrams", "pairs")
-SURROGATES = ("within", "global", None)
+SURROGATES = ("within", "global", "shift", None)
 
 
 class TwoPointEstimates(NamedTuple):
@@ -278,6 +293,44 @@ def shuffle_documents(docs: Sequence[np.ndarray], surrogate: str, seed=0) -> lis
     return np.split(rng.permutation(np.concatenate(docs)), np.cumsum(lengths)[:-1])
 
 
+def shifted_pair_counts(
+    docs: Sequence[np.ndarray], distances, vocab_size: int, seed=0
+) -> PairCounts:
+    """Pair counts of the "shift" surrogate (module docstring): at every distance d, token i
+    of a document of n > d tokens is paired with token (i + e) mod n for i < n − d, with one
+    e per document drawn uniformly in [n/4, 3n/4). `seed`: an int or a `np.random.Generator`."""
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    docs = [np.asarray(d) for d in docs if np.asarray(d).size]
+    distances = tuple(sorted(int(d) for d in distances))
+    dtype = _key_dtype(vocab_size, 2)
+    base = dtype(vocab_size)
+    shifts = [n // 4 + int(rng.integers(0, max(n // 2, 1))) for n in (d.size for d in docs)]
+    tables = []
+    for dist in distances:
+        parts = []
+        for doc, shift in zip(docs, shifts, strict=True):
+            n = doc.size
+            if n > dist:
+                partner = np.roll(doc, -shift)[: n - dist]  # token (i + e) mod n
+                parts.append(doc[: n - dist].astype(dtype) * base + partner.astype(dtype))
+        keys = np.concatenate(parts) if parts else np.zeros(0, dtype)
+        keys.sort()
+        tables.append(
+            _run_lengths(keys, np.empty(keys.size, bool))
+            if keys.size
+            else CountTable(keys, np.zeros(0, np.int32))
+        )
+    tokens = np.concatenate(docs) if docs else np.zeros(0, np.int64)
+    unigrams = np.bincount(tokens.astype(np.intp), minlength=vocab_size).astype(np.int64)
+    return PairCounts(distances, vocab_size, tuple(tables), unigrams, tokens.size, len(docs))
+
+
+def _surrogate_counts(docs, surrogate, distances, vocab, rng, count_kw) -> PairCounts:
+    if surrogate == "shift":
+        return shifted_pair_counts(docs, distances, vocab, rng)
+    return count_pairs(shuffle_documents(docs, surrogate, rng), distances, vocab, **count_kw)
+
+
 # ------------------------------------------------------------------------------------ fits
 
 
@@ -377,7 +430,8 @@ def two_point_mi_from_counts(
       surrogate_counts: pair counts of ≥ 2 shuffled copies of it (`shuffle_documents`),
         counted at the same distances; empty for no bias correction.
       marginals, method: as for `two_point_mi`.
-      surrogate: the label of the shuffle used ("within" or "global"), stored in the result.
+      surrogate: the label of the surrogate used ("within", "global" or "shift"), stored in
+        the result.
       fit_range: distances the fit uses:
         "auto"    with surrogates, from the smallest d while the corrected estimate exceeds
                   3 standard errors; without, d up to the distance of the smallest estimate
@@ -482,8 +536,11 @@ def _document_bootstrap(
     mi_RxK = _resampled_mi(counts, weights_RxB, *options)
     del counts
     if result.surrogate is not None:  # one shuffle per resample, resampled by the same blocks
-        shuffled = shuffle_documents(sizes, result.surrogate, rng)
-        counts = count_pairs(tagged(shuffled), distances, n_blocks * vocab, **count_kw)
+        if result.surrogate == "shift":  # blocks are tagged on the documents themselves
+            counts = shifted_pair_counts(tagged(sizes), distances, n_blocks * vocab, rng)
+        else:
+            shuffled = shuffle_documents(sizes, result.surrogate, rng)
+            counts = count_pairs(tagged(shuffled), distances, n_blocks * vocab, **count_kw)
         mi_RxK = mi_RxK - _resampled_mi(counts, weights_RxB, *options)
         del counts
     ok = np.all(mi_RxK[:, fit_mask] > 0, axis=1)
@@ -537,8 +594,10 @@ def two_point_mi(
       marginals: "unigrams" (2·Ĥ(W) − Ĥ(pairs), the paper's; default) or "pairs" (the
         marginals of each distance's pairs); see the module docstring.
       surrogate: "within" (shuffle tokens inside each document; default), "global" (across
-        the corpus, document lengths kept) or None (no bias correction: the paper's offset
-        fit A·d^−α + C on the raw estimates).
+        the corpus, document lengths kept), "shift" (pair each token with one a random
+        quarter to three quarters of the document on; keeps bursts, for d ≪ document
+        length / 4) or None (no bias correction: the paper's offset fit A·d^−α + C on the
+        raw estimates).
       shuffles: surrogates averaged (≥ 2; each costs one more count of the corpus).
       method: entropy estimator: "grassberger" (default), "nsb" (K = V bins for tokens and
         V² for pairs), "miller_madow" or "plugin". The stderr is the delta-method one
@@ -580,9 +639,7 @@ def two_point_mi(
     rng = np.random.default_rng(seed)
     surrogates = []
     for _ in range(shuffles if surrogate is not None else 0):
-        shuffled = count_pairs(
-            shuffle_documents(docs, surrogate, rng), list(distances_K), vocab, **count_kw
-        )
+        shuffled = _surrogate_counts(docs, surrogate, list(distances_K), vocab, rng, count_kw)
         surrogates.append(two_point_estimates(shuffled, marginals=marginals, method=method))
         del shuffled
     result = _assemble(distances_K, raw, surrogates, tokens, documents, options, fit_range)
