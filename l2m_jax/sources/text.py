@@ -123,7 +123,6 @@ def _strip_markup(markup: str) -> str:
 _BOOK_START = re.compile(rb'<div\b(?=[^>]*\btype="book")(?![^>]*\beID=)[^>]*>')
 _CHAPTER_START = re.compile(rb"<chapter\b(?![^>]*\beID=)[^>]*>")
 _OSIS_ID = re.compile(rb'osisID="([^"]+)"')
-_OPEN_TAG_AT_END = re.compile(rb"<[^>]*$")  # a tag cut off at the end of a verse's text
 
 
 def _opening(piece: bytes, book: str, by_chapter: bool) -> str | None:
@@ -215,7 +214,9 @@ def _sword_testament(index_path: pathlib.Path, conf: dict, testament: str) -> It
             continue
         seen.add(record)
         b, start, size = record
-        piece = _OPEN_TAG_AT_END.sub(b"", block(b)[start : start + size])
+        piece = block(b)[start : start + size]
+        if piece.rfind(b"<") > piece.rfind(b">"):  # a tag cut off at the end of the verse
+            piece = piece[: piece.rfind(b"<")]
         name_now = _opening(piece, title.split(".")[0], by_chapter)
         if name_now is not None:
             yield from flush()
