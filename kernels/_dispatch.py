@@ -41,6 +41,11 @@ import jax
 from jax.extend import core as jex_core
 from jax.interpreters import batching, mlir
 
+try:  # public in jax 0.10; kept importable across versions
+    from jax.core import ShapedArray, Tracer
+except ImportError:  # pragma: no cover
+    from jax._src.core import ShapedArray, Tracer
+
 __all__ = [
     "IMPLEMENTATIONS",
     "TARGETS",
@@ -262,7 +267,7 @@ batching.primitive_batchers[_unavailable_p] = _unavailable_batching
 
 def _bind_unavailable(message, args, like):
     leaves, tree = jax.tree.flatten(like)
-    avals = tuple(jax.core.ShapedArray(a.shape, a.dtype) for a in leaves)
+    avals = tuple(ShapedArray(a.shape, a.dtype) for a in leaves)
     return jax.tree.unflatten(tree, _unavailable_p.bind(*args, out_avals=avals, message=message))
 
 
@@ -280,7 +285,7 @@ def _unavailable(xla_fn: Callable, message: str) -> Callable:
     branch.defvjp(fwd, bwd)
 
     def run(*args):
-        if not any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves(args)):
+        if not any(isinstance(a, Tracer) for a in jax.tree.leaves(args)):
             raise ValueError(message)  # outside jit: the platform is known now
         return branch(*args)
 

@@ -133,6 +133,8 @@ def test_fake_tpu_chip_is_undone():
         tpu_info.get_tpu_info()
     with pytest.raises(ValueError, match="TPU v99"), _lowering.fake_tpu_chip("TPU v99"):
         pass
+    with _lowering.fake_tpu_chip("TPU v5p"):
+        assert tpu_info.get_tpu_info().generation == 5
 
 
 @pytest.mark.parametrize("name", ["mamba2-130m", "mamba-130m"])
