@@ -263,16 +263,25 @@ def test_xla_chunk_boundary_backward(forward, L):
     _assert_close(got, want, 1e-5, f"selective xla {forward}")
 
 
-def test_xla_backward_keeps_only_chunk_start_states():
+@pytest.mark.parametrize("kernel", ["ssd", "selective_scan"])
+def test_xla_backward_keeps_only_chunk_start_states(kernel):
     """The residuals of the XLA backward: the inputs and one state per chunk, no B·L·state."""
-    B, L, H, P, G, N, T = 1, 64, 2, 4, 1, 8, 16
-    shapes = [(B, L, H, P), (B, L, H), (H,), (B, L, G, N), (B, L, G, N), (B, H, P, N)]
+    B, L, T = 1, 64, 16
+    if kernel == "ssd":
+        H, P, G, N = 2, 4, 1, 8
+        shapes = [(B, L, H, P), (B, L, H), (H,), (B, L, G, N), (B, L, G, N), (B, H, P, N)]
+        fwd, state = xla._ssd_fwd, (B, H, P, N)
+    else:
+        D, N = 6, 8
+        shapes = [(B, L, D), (B, L, D), (D, N), (B, L, N), (B, L, N), (B, D, N)]
+        fwd, state = xla._selective_fwd, (B, D, N)
     args = [jax.ShapeDtypeStruct(s, jnp.float32) for s in shapes]
-    _, residuals = jax.eval_shape(lambda *a: xla._ssd_fwd(*a, T, "sequential"), *args)
-    states = residuals[-1]
-    assert states.shape == (L // T, B, H, P, N)
-    inputs = sum(a.size for a in args)
-    assert sum(r.size for r in residuals) == inputs + states.size
+    for forward in ("sequential", "chunked"):
+        _, residuals = jax.eval_shape(lambda *a, f=forward: fwd(*a, T, f), *args)
+        states = residuals[-1]
+        assert states.shape == (L // T, *state)
+        inputs = sum(a.size for a in args)
+        assert sum(r.size for r in residuals) == inputs + states.size
 
 
 def test_auto_falls_back_once_for_unsupported_dtype(caplog, monkeypatch):
