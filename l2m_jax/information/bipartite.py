@@ -41,6 +41,7 @@ import tqdm
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from l2m_jax import distributed
 from l2m_jax.information.counting import count_ngrams
 from l2m_jax.information.entropy import entropy
 from l2m_jax.information.fits import bootstrap_power_law, fit_power_law
@@ -322,7 +323,9 @@ class BipartiteResult(NamedTuple):
     scores: DocumentScores
 
 
-def _documents(docs, need: int, splits: tuple[int, ...], ratio: int, vocab_size) -> list:
+def _documents(
+    docs, need: int, splits: tuple[int, ...], ratio: int, vocab_size, least: int = 2
+) -> list:
     if isinstance(docs, (str, bytes)):
         raise TypeError("docs must hold integer token ids, not text; tokenize first")
     if isinstance(docs, (np.ndarray, jax.Array)):
@@ -332,7 +335,7 @@ def _documents(docs, need: int, splits: tuple[int, ...], ratio: int, vocab_size)
     docs = list(docs)
     if not docs:
         raise ValueError("docs is empty; pass at least 2 documents of token ids")
-    if len(docs) < 2:
+    if len(docs) < least:
         raise ValueError(
             "vCLUB pairs each Y with another document's X and standard errors need spread: "
             f"pass at least 2 documents, got {len(docs)}"
@@ -421,13 +424,16 @@ def bipartite_mi(
       params: the model's parameters (replicated on every device).
       docs: [n_docs, T] int array or a list of 1-D int arrays (≥ 2 documents, each at least
         r·ℓ_max tokens; only the first r·ℓ_max are scored, all feed the 2-gram histogram).
+        In a multi-process run (`jax.distributed`) each process passes its own documents
+        (≥ 1) and scores them on its own devices; the result, the same on every process,
+        covers all of them (process 0's documents first), as one process given them all.
       splits: increasing split points ℓ ≥ 1 (ℓ ≥ 2 at r = 2 when ngram_weight > 0).
       ratio: r ≥ 2; Y = W_ℓ+1:rℓ.
       batch_size: documents per model call (at most n_docs, rounded up to a multiple of the
         device count; filler rows are dropped).
       ngram_weight: w of the n-gram correction (0.8, the paper's; 0 disables it).
       ngram_docs: documents whose 2-gram histogram gives Ĥ_G (default: `docs`); pass the
-        whole corpus when `docs` are samples of it.
+        whole corpus when `docs` are samples of it (per process: the counts are summed).
       vocab_size: if given, token ids are checked to lie in [0, vocab_size).
       max_len: the longest sequence the model accepts (caps the padding of shape buckets).
       devices: devices to shard the batch over (default: all local devices).
@@ -450,9 +456,17 @@ def bipartite_mi(
         )
     if max_len is not None and _check_int("max_len", max_len, 1) < need:
         raise ValueError(f"max_len={max_len} is shorter than r·ℓ_max = {need}; drop large splits")
-    doc_list = _documents(docs, need, splits, ratio, vocab_size)
-    n_docs = len(doc_list)
-    tokens_NxL = np.stack([d[:need] for d in doc_list]).astype(np.int32)
+    distributed.initialize()
+    n_proc = jax.process_count()
+    with distributed.agreed_errors():  # at least 2 documents in all; each process ≥ 1
+        doc_list = _documents(docs, need, splits, ratio, vocab_size, 2 if n_proc == 1 else 1)
+    # Each process scores its own documents; all of them are process 0's, then 1's, ...
+    # (X_σ of the shuffled pass may come from another process's documents).
+    parts = distributed.gather_arrays(np.stack([d[:need] for d in doc_list]).astype(np.int32))
+    tokens_NxL = np.concatenate(parts)
+    n_docs = len(tokens_NxL)
+    first = sum(len(p) for p in parts[: jax.process_index()])
+    mine = np.arange(first, first + len(doc_list))
     sigma = derangement(n_docs, seed)
 
     if ngram_weight > 0:
@@ -466,13 +480,13 @@ def bipartite_mi(
     devices = list(jax.local_devices() if devices is None else devices)
     mesh = Mesh(np.array(devices), ("batch",), axis_types=(AxisType.Auto,))
     rows = P("batch")
-    batch = -(-min(batch_size, n_docs) // len(devices)) * len(devices)
+    batch = -(-min(batch_size, len(mine)) // len(devices)) * len(devices)
     score = jax.jit(logprob_fn, out_shardings=NamedSharding(mesh, rows))
     params = jax.device_put(params, NamedSharding(mesh, P()))
 
     sums = {k: np.zeros((n_docs, len(splits))) for k in DocumentScores._fields}
     column = {ell: s for s, ell in enumerate(splits)}
-    starts = range(0, n_docs, batch)
+    starts = range(0, len(mine), batch)
     processed = 0
 
     def inputs(p: ScoringPass, docs_B: np.ndarray) -> np.ndarray:
@@ -508,7 +522,7 @@ def bipartite_mi(
     pending = None
     bar = tqdm.tqdm(total=len(work), desc="bipartite passes", unit="batch", disable=not progress)
     for p, b in work:
-        docs_B = np.arange(b, min(b + batch, n_docs))
+        docs_B = mine[b : b + batch]
         tokens_BxT = inputs(p, docs_B)
         width = _bucket(p.length, max_len)
         padded = np.zeros((batch, width), np.int32)
@@ -529,6 +543,9 @@ def bipartite_mi(
     bar.update(1)
     bar.close()
 
+    if n_proc > 1:  # every process's rows, on every process
+        sums = {k: np.concatenate(distributed.gather_arrays(v[mine])) for k, v in sums.items()}
+        processed = int(distributed.sum_arrays(np.array(processed, np.int64)))
     scores = DocumentScores(**sums)
     est = bipartite_estimates(scores, ngram_entropy=ngram, ngram_weight=ngram_weight)
     corrected, uncorrected, vclub = _per_document(scores, ngram[0], ngram_weight)

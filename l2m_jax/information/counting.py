@@ -19,6 +19,10 @@ Two implementations of the per-chunk count, chosen by `implementation`:
            default) with `jax.shard_map`; each device counts its slice, the host merges.
   "auto"   "numpy" when JAX's default backend is the CPU, "xla" on GPU/TPU.
 Both give identical tables.
+
+In a multi-process run (`jax.distributed`, one process per host) every process passes its
+own documents and gets the tables of all of them: each counts its share on its own devices,
+then the tables are summed across processes (the same counts as one process counting all).
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+
+from l2m_jax import distributed
 
 __all__ = ["CountTable", "PairCounts", "count_ngrams", "count_pairs"]
 
@@ -388,7 +394,39 @@ def _xla_tables(chunk: _Chunk, patterns, vocab_size, devices, per_device, halo, 
 # ------------------------------------------------------------------------------ entry points
 
 
-def _count(
+def _count(tokens_or_docs, patterns, vocab_size, **options):
+    """`_count_local` on this process's documents; in a multi-process run (`jax.distributed`)
+    the tables, unigrams and totals are summed over every process's documents."""
+    distributed.initialize()
+    if jax.process_count() == 1:
+        return _count_local(tokens_or_docs, patterns, vocab_size, **options)
+    with distributed.agreed_errors():  # one process's bad input stops all of them
+        docs, local_vocab, _ = _resolve(tokens_or_docs, vocab_size)
+    if vocab_size is None:  # inferred: the largest id of any process
+        local_vocab = int(np.concatenate(distributed.gather_arrays(np.array([local_vocab]))).max())
+    with distributed.agreed_errors():
+        tables, _, unigrams, tokens, documents = _count_local(
+            docs, patterns, local_vocab, **options
+        )
+    merged = []
+    for table in tables:
+        keys, counts = (
+            distributed.gather_arrays(table.keys),
+            distributed.gather_arrays(table.counts),
+        )
+        merged.append(_merge([CountTable(k, c) for k, c in zip(keys, counts, strict=True)]))
+    key_dtype = _key_dtype(local_vocab, len(patterns[0]))
+    totals = distributed.sum_arrays(np.array([tokens, documents], np.int64))
+    return (
+        tuple(CountTable(t.keys.astype(key_dtype, copy=False), t.counts) for t in merged),
+        local_vocab,
+        distributed.sum_arrays(unigrams),
+        int(totals[0]),
+        int(totals[1]),
+    )
+
+
+def _count_local(
     tokens_or_docs, patterns, vocab_size, *, chunk_tokens, implementation, devices, progress
 ):
     if implementation not in IMPLEMENTATIONS:

@@ -80,9 +80,10 @@ def _count_of_counts(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 @functools.cache
 def _host_device():
-    """The CPU device: eager estimates from host counts stay in host float64 (TPUs lack it)."""
+    """This process's CPU device: eager estimates from host counts stay in host float64
+    (TPUs lack it)."""
     try:
-        return jax.devices("cpu")[0]
+        return jax.local_devices(backend="cpu")[0]
     except RuntimeError:  # JAX_PLATFORMS without cpu: use the default device
         return None
 

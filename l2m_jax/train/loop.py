@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
+from l2m_jax import distributed
 from l2m_jax.train import checkpoint as ckpt
 from l2m_jax.train.optim import TrainConfig, lr_schedule, make_optimizer
 from l2m_jax.train.step import (
@@ -111,6 +112,7 @@ def fit(
     continues the run saved there. `callback(step, state)` is called after every step
     (after that step's evaluation and checkpoint).
     """
+    distributed.initialize()  # under jax.distributed when the environment asks for it
     mesh = data_mesh() if mesh is None else mesh
     n_dev = mesh.size
     if config.batch_size % n_dev:
@@ -123,10 +125,11 @@ def fit(
             f"eval size {config.eval_size} must be a multiple of the batch size "
             f"{config.batch_size} (it is evaluated in batches)"
         )
-    if not isinstance(task, GaussianTask) and len(task.eval_data) != config.eval_size:
+    n_proc = jax.process_count()
+    if not isinstance(task, GaussianTask) and len(task.eval_data) * n_proc != config.eval_size:
         raise ValueError(
-            f"the task's held-out set has {len(task.eval_data)} sequences but "
-            f"config.eval_size is {config.eval_size}"
+            f"the task's held-out set has {len(task.eval_data)} sequences on each of {n_proc} "
+            f"process(es) but config.eval_size is {config.eval_size}"
         )
     optimizer = make_optimizer(config)
     schedule = lr_schedule(config)
@@ -199,7 +202,13 @@ def fit(
             for step in range(start + 1, config.steps + 1):
                 batch = None
                 if not isinstance(task, GaussianTask):
-                    batch = host_batch(mesh, task.batches(step - 1, config.batch_size))
+                    local = np.asarray(task.batches(step - 1, config.batch_size), np.int32)
+                    if local.shape[0] * n_proc != config.batch_size:
+                        raise ValueError(
+                            f"task.batches returned {local.shape[0]} rows; each of the {n_proc} "
+                            f"process(es) must return its own {config.batch_size // n_proc}"
+                        )
+                    batch = host_batch(mesh, local)
                 state, metrics = train_step(
                     state,
                     batch,
