@@ -13,7 +13,8 @@ child has a timeout.
   `python -m l2m_jax train`: process 1 killed (process 0 must stop with an error within
     60 s), or both killed; resumed to the end, the parameters equal the worker's
     uninterrupted run exactly.
-  `python -m l2m_jax two-point`: the figures of the 1-process command.
+  `l2m two-point` (in the worker, and docs/scaling.md's two-process launch run by bash as
+    written): the figures of the 1-process command.
 
 The children run `python -m tests.test_multiprocess WORK_DIR` (the worker) or the CLI.
 """
@@ -61,6 +62,8 @@ def _text_argv(corpus: pathlib.Path, out: pathlib.Path, *extra: str) -> list[str
         "gpt2-tiny",
         "--seq-len",
         "16",
+        "--max-docs",
+        "7",  # of the 8 books: process 0 reads 0, 2, 4, 6 and process 1 reads 1, 3, 5
         "--steps",
         str(TEXT_STEPS),
         "--batch",
@@ -241,6 +244,9 @@ def _worker(work: pathlib.Path) -> None:
     )
     save("bipartite", **_bipartite_arrays(res))
 
+    # `l2m two-point` on a token file: each process reads its own rows.
+    assert cli.main([*_two_point_argv(work), str(work / f"two-point.p{pid}.json")]) == 0
+
     # `l2m train` on text from a per-host corpus: record every file opened and the data.
     corpus = work / "corpus"
     opened: list[str] = []
@@ -266,6 +272,14 @@ def _worker(work: pathlib.Path) -> None:
 
 
 COUNT_DISTANCES = (1, 2, 3, 5, 8, 13)
+
+
+def _two_point_argv(work: pathlib.Path) -> list[str]:
+    tokens = work / "docs.npz"  # `_count_docs()`, written by the `worker` fixture
+    argv = ["two-point", "--tokens", str(tokens), "--distances", "1-16", "--quiet"]
+    return [*argv, "--fit-range", "all", "--json"]
+
+
 BIPARTITE = dict(splits=(2, 4, 8, 16), ratio=2, batch_size=4, bootstrap=64, progress=False)
 
 
@@ -311,6 +325,7 @@ def worker(tmp_path_factory):
     work = tmp_path_factory.mktemp("multiprocess") / "worker"
     work.mkdir()
     _write_corpus(work / "corpus")
+    np.savez(work / "docs.npz", *_count_docs())
     procs = _start(["-m", "tests.test_multiprocess", str(work)], work)
     codes = _wait(procs)
     assert codes == [0, 0], "\n".join(_stderr(p) for p in procs)
@@ -410,7 +425,7 @@ def test_text_training_reads_only_its_own_documents_and_matches(worker):
     shards = _load(worker, "text")
     names = sorted(p.name for p in (worker / "corpus").iterdir())
     for pid, shard in enumerate(shards):
-        assert sorted(shard["opened"]) == names[pid::2]  # its 4 files, never the other's
+        assert sorted(shard["opened"]) == names[pid:7:2]  # its own books, no other file
     task, params, config = _text_reference(worker)
     ref = train.fit(task, params, config, progress=False)
     log = train.read_jsonl(worker / "text-full" / "log.jsonl")
@@ -504,24 +519,45 @@ def test_cli_train_every_process_killed_and_resumed(worker):
     _resumed_run_equals_the_uninterrupted_one(worker, work, argv, out)
 
 
-def test_cli_two_point_matches_one_process(tmp_path):
+def _same_figures(two: dict, one: dict, devices: int) -> None:
+    assert (two.pop("process_count"), one.pop("process_count")) == (2, 1)
+    assert (two.pop("device_count"), one.pop("device_count")) == (devices, 8)
+    for key in ("tokens", "documents", "pairs", "distances", "vocab_size", "exact"):
+        assert two.get(key) == one.get(key), key
+    np.testing.assert_allclose(two["mi"], one["mi"], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(two["stderr"], one["stderr"], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(two["fit"]["alpha"], one["fit"]["alpha"], rtol=1e-9)
+
+
+def test_cli_two_point_with_a_token_file_matches_one_process(worker, tmp_path):
     from l2m_jax import cli
 
-    tokens = tmp_path / "docs.npz"
-    np.savez(tokens, *_count_docs())
-    argv = ["two-point", "--tokens", str(tokens), "--distances", "1-16", "--quiet"]
-    argv += ["--fit-range", "all", "--json"]
-    procs = _start(["-m", "l2m_jax", *argv, str(tmp_path / "two.json")], tmp_path)
-    assert _wait(procs) == [0, 0], _stderr(procs[0])
-    assert cli.main([*argv, str(tmp_path / "one.json")]) == 0
-    two = json.loads((tmp_path / "two.json").read_text())
+    assert cli.main([*_two_point_argv(worker), str(tmp_path / "one.json")]) == 0
     one = json.loads((tmp_path / "one.json").read_text())
-    assert (two.pop("process_count"), one.pop("process_count")) == (2, 1)
-    assert two.pop("device_count") == one.pop("device_count") == 8
-    for key in ("tokens", "documents", "pairs", "distances", "vocab_size"):
-        assert two[key] == one[key], key
-    np.testing.assert_allclose(two["mi"], one["mi"], rtol=0, atol=1e-12)
-    np.testing.assert_allclose(two["fit"]["alpha"], one["fit"]["alpha"], rtol=1e-9)
+    assert not (worker / "two-point.p1.json").exists()  # only process 0 writes
+    _same_figures(json.loads((worker / "two-point.p0.json").read_text()), one, 8)
+
+
+def test_the_documented_two_process_launch_runs_as_written(tmp_path):
+    """docs/scaling.md's block "two local processes", run by bash as it stands (a free port
+    in place of 29400; 1 CPU device per process, as on a plain machine)."""
+    from l2m_jax import cli
+
+    doc = (REPO / "docs" / "scaling.md").read_text()
+    block = doc[doc.index("# two local processes") : doc.index("wait\n```") + 5]
+    script = block.replace("127.0.0.1:29400", f"127.0.0.1:{_free_port()}")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(JAX_PLATFORMS="cpu", PYTHONPATH=f"{REPO}{os.pathsep}{env.get('PYTHONPATH', '')}")
+    proc = subprocess.run(
+        ["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, timeout=TIMEOUT_S
+    )
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    argv = block.split("JAX_PROCESS_ID=0 python -m l2m_jax ")[1].split("\nwait")[0]
+    argv = argv.replace("\\\n", " ").split()
+    argv[argv.index("tp.json")] = str(tmp_path / "one.json")
+    assert cli.main(argv) == 0
+    two = json.loads((tmp_path / "tp.json").read_text())
+    _same_figures(two, json.loads((tmp_path / "one.json").read_text()), 2)
 
 
 if __name__ == "__main__":
