@@ -40,7 +40,7 @@ DEVICES = 4  # per process; 2 processes × 4 = the 8 devices of this pytest proc
 TIMEOUT_S = 420  # per launch: generous for 2 loaded CPU cores, but bounded
 
 # `l2m train` on text: 2 processes, each with its own 4 of the corpus's 8 files.
-TEXT_STEPS, TEXT_EVERY = 16, 4
+TEXT_STEPS, TEXT_EVERY = 12, 4
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog. ",
     "It sleeps by the river until the sun goes down. ",
@@ -71,7 +71,7 @@ def _text_argv(corpus: pathlib.Path, out: pathlib.Path, *extra: str) -> list[str
         "--eval-size",
         "8",
         "--lr",
-        "1e-2",
+        "2e-3",
         "--checkpoint-every",
         str(TEXT_EVERY),
         "--eval-every",

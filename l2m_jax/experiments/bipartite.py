@@ -23,6 +23,7 @@ import argparse
 
 import numpy as np
 
+from l2m_jax import distributed
 from l2m_jax.experiments._common import (
     int_range,
     print_table,
@@ -83,6 +84,8 @@ def _source(name: str, seed: int):
 
 def _pretrained(args):
     """(model, documents, 2-gram corpus) for --model/--corpus; clear errors if missing."""
+    import jax
+
     try:
         from l2m_jax.models.pretrained import load
         from l2m_jax.sources.text import chunk_documents, load_corpus
@@ -99,13 +102,17 @@ def _pretrained(args):
     if max_len > model.max_len:
         raise ValueError(f"--max-len {max_len} exceeds the model's {model.max_len} positions")
     if args.tokens is not None:
-        docs = read_token_file(args.tokens)
-        return model, docs, None
-    corpus = load_corpus(args.corpus, tokenizer=model.tokenizer)
+        return model, read_token_file(args.tokens, per_process=True), None
+    # Each process samples its share of the documents from its own books (per_host).
+    corpus = load_corpus(args.corpus, tokenizer=model.tokenizer, per_host=True)
     samples = chunk_documents(corpus, max_len, tokenizer=model.tokenizer)
-    if len(samples) < 2:
-        raise ValueError(f"--corpus {args.corpus}: fewer than 2 samples of {max_len} tokens")
-    pick = np.random.default_rng(args.seed).permutation(len(samples))[:n_docs]
+    share = len(distributed.shard_for_host(range(n_docs)))
+    if len(samples) < max(share, 2 if jax.process_count() == 1 else 1):
+        raise ValueError(
+            f"--corpus {args.corpus}: {len(samples)} samples of {max_len} tokens, fewer than "
+            f"the {share} wanted{' from this process' if jax.process_count() > 1 else ''}"
+        )
+    pick = np.random.default_rng(args.seed).permutation(len(samples))[:share]
     return model, samples[np.sort(pick)], corpus
 
 
@@ -121,7 +128,8 @@ def measure(args: argparse.Namespace) -> dict:
     exact_src = ngram_docs = None
     label = ""
     if args.model is not None:
-        model, docs, ngram_docs = _pretrained(args)
+        with distributed.agreed_errors():  # each process reads its own documents
+            model, docs, ngram_docs = _pretrained(args)
         fn, params, max_len = model.logprob_fn, model.params, model.max_len
         vocab = model.tokenizer.vocab_size
         batch = args.batch_size or PRESETS[args.preset][2]
@@ -131,16 +139,18 @@ def measure(args: argparse.Namespace) -> dict:
 
         src = _source(args.source, args.seed)
         if args.tokens is not None:
-            docs = read_token_file(args.tokens)
+            docs = read_token_file(args.tokens, per_process=True)
         else:
             length = args.length or 256
             docs = np.asarray(src.sample(jax.random.key(args.seed), args.docs or 256, length))
+            docs = distributed.shard_for_host(list(docs))  # this process's documents
         fn, params, vocab, max_len = src.logprob_fn, src.params, src.vocab_size, None
         batch = args.batch_size or 64
         exact_src, label = src, f"{src.name} (exact model, q = p)"
     if len(docs) == 0:
         raise ValueError("no documents to score")
-    length = min(int(np.asarray(d).size) for d in docs)
+    shortest = np.array([min(int(np.asarray(d).size) for d in docs)])
+    length = int(np.concatenate(distributed.gather_arrays(shortest)).min())  # of every process
     splits = _splits(args, length)
     res = bipartite_mi(
         fn,

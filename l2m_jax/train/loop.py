@@ -35,7 +35,7 @@ from l2m_jax.train.step import (
     evaluate,
     host_batch,
     init_state,
-    replicated,
+    put_replicated,
     train_step,
 )
 
@@ -111,6 +111,10 @@ def fit(
     {"model": ..., "data": ...}; the train config is added) identifies it, and `resume=True`
     continues the run saved there. `callback(step, state)` is called after every step
     (after that step's evaluation and checkpoint).
+
+    Multi-process (`jax.distributed`, started here if the environment asks for it): every
+    process calls `fit` with the same params and config; the mesh spans all their devices,
+    a `TokenTask` feeds each process's own rows, and process 0 writes the run directory.
     """
     distributed.initialize()  # under jax.distributed when the environment asks for it
     mesh = data_mesh() if mesh is None else mesh
@@ -136,7 +140,7 @@ def fit(
     # A private copy: the step donates its state, the caller's `params` stay valid.
     # (device_put alone may reuse the caller's buffer for the shard on its own device.)
     params = jax.tree.map(lambda a: jnp.array(a, copy=True), params)
-    state = jax.device_put(init_state(params, optimizer, config.seed), replicated(mesh))
+    state = put_replicated(init_state(params, optimizer, config.seed), mesh)
 
     out = None if out_dir is None else pathlib.Path(out_dir)
     manager = None
@@ -153,7 +157,7 @@ def fit(
     eval_path = None if out is None else out / ckpt.EVAL_FILE
 
     sharding = batch_sharding(mesh)
-    constants = jax.device_put(task.constants, replicated(mesh))
+    constants = put_replicated(task.constants, mesh)
     held_out = eval_set(task, mesh, config.eval_size, config.seed)
     start = int(jax.device_get(state.step))
     history: list[dict] = []

@@ -58,6 +58,18 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
+def put_replicated(tree: Any, mesh: Mesh) -> Any:
+    """`tree` on every device of `mesh`. In a multi-process run every process passes the same
+    values (the same seed made them) and each places its own copy: `jax.device_put` would
+    first compare them across processes, one collective per array."""
+    sharding = replicated(mesh)
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree
+    )
+
+
 def host_batch(mesh: Mesh, local_rows: np.ndarray) -> jax.Array:
     """The global batch made of every process's `local_rows`, sharded over the mesh.
 
