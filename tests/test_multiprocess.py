@@ -233,8 +233,19 @@ def _worker(work: pathlib.Path) -> None:
     docs = _count_docs()
     mine = distributed.shard_for_host(docs)
     counts = information.count_pairs(mine, COUNT_DISTANCES, progress=False)
-    tp = information.two_point_mi(mine, COUNT_DISTANCES, progress=False, fit_range="all")
-    save("counts", mi=tp.mi, stderr=tp.stderr, **_count_arrays(counts))
+    tp = information.two_point_mi(mine, COUNT_DISTANCES, **TWO_POINT)
+    # A surrogate and a bootstrap: shifts and shuffles are each process's own draws (unlike
+    # one process's), but both processes must agree on every figure.
+    sur = information.two_point_mi(mine, COUNT_DISTANCES, **SURROGATE)
+    save(
+        "counts",
+        mi=tp.mi,
+        stderr=tp.stderr,
+        sur_raw=sur.mi_raw,
+        sur_mi=sur.mi,
+        sur_boot=np.array(sur.bootstrap[:3]),
+        **_count_arrays(counts),
+    )
 
     # Bipartite: each process scores its own documents; per-document sums gathered.
     src, docs_NxL = _bipartite_docs()
@@ -272,6 +283,8 @@ def _worker(work: pathlib.Path) -> None:
 
 
 COUNT_DISTANCES = (1, 2, 3, 5, 8, 13)
+TWO_POINT = dict(surrogate=None, fit_range="all", progress=False)
+SURROGATE = dict(surrogate="shift", shuffles=2, bootstrap=16, blocks=4, fit_range="all")
 
 
 def _two_point_argv(work: pathlib.Path) -> list[str]:
@@ -370,8 +383,13 @@ def test_pair_counts_are_identical_and_mi_agrees(worker, x64):
 
     docs = _count_docs()
     ref = _count_arrays(information.count_pairs(docs, COUNT_DISTANCES, progress=False))
-    tp = information.two_point_mi(docs, COUNT_DISTANCES, progress=False, fit_range="all")
-    for got in _load(worker, "counts"):
+    tp = information.two_point_mi(docs, COUNT_DISTANCES, **TWO_POINT)
+    both = _load(worker, "counts")
+    for got in both:
+        np.testing.assert_allclose(got["sur_raw"], tp.mi, rtol=0, atol=1e-12)
+        for key in ("sur_mi", "sur_boot"):
+            np.testing.assert_array_equal(got[key], both[0][key])
+        del got["sur_raw"], got["sur_mi"], got["sur_boot"]
         assert set(got) == {*ref, "mi", "stderr"}
         for key, want in ref.items():
             np.testing.assert_array_equal(got[key], want, err_msg=key)
@@ -522,11 +540,16 @@ def test_cli_train_every_process_killed_and_resumed(worker):
 def _same_figures(two: dict, one: dict, devices: int) -> None:
     assert (two.pop("process_count"), one.pop("process_count")) == (2, 1)
     assert (two.pop("device_count"), one.pop("device_count")) == (devices, 8)
-    for key in ("tokens", "documents", "pairs", "distances", "vocab_size", "exact"):
+    for key in ("tokens", "documents", "pairs", "distances", "vocab_size", "exact", "surrogate"):
         assert two.get(key) == one.get(key), key
-    np.testing.assert_allclose(two["mi"], one["mi"], rtol=0, atol=1e-12)
-    np.testing.assert_allclose(two["stderr"], one["stderr"], rtol=0, atol=1e-12)
-    np.testing.assert_allclose(two["fit"]["alpha"], one["fit"]["alpha"], rtol=1e-9)
+    # The raw estimates and their offset fit; a surrogate is each process's own random draw.
+    np.testing.assert_allclose(two["mi_raw"], one["mi_raw"], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(two["stderr_raw"], one["stderr_raw"], rtol=0, atol=1e-12)
+    two_fit, one_fit = two["offset_fit"], one["offset_fit"]
+    assert one_fit is not None
+    np.testing.assert_allclose(two_fit["alpha"], one_fit["alpha"], rtol=1e-9)
+    if two["surrogate"] is None:
+        np.testing.assert_allclose(two["mi"], one["mi"], rtol=0, atol=1e-12)
 
 
 def test_cli_two_point_with_a_token_file_matches_one_process(worker, tmp_path):

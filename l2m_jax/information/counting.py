@@ -401,29 +401,44 @@ def _count(tokens_or_docs, patterns, vocab_size, **options):
     if jax.process_count() == 1:
         return _count_local(tokens_or_docs, patterns, vocab_size, **options)
     with distributed.agreed_errors():  # one process's bad input stops all of them
-        docs, local_vocab, _ = _resolve(tokens_or_docs, vocab_size)
+        docs, vocab, _ = _resolve(tokens_or_docs, vocab_size)
     if vocab_size is None:  # inferred: the largest id of any process
-        local_vocab = int(np.concatenate(distributed.gather_arrays(np.array([local_vocab]))).max())
+        vocab = int(np.concatenate(distributed.gather_arrays(np.array([vocab]))).max())
     with distributed.agreed_errors():
-        tables, _, unigrams, tokens, documents = _count_local(
-            docs, patterns, local_vocab, **options
-        )
+        tables, _, unigrams, tokens, documents = _count_local(docs, patterns, vocab, **options)
+    key_dtype = _key_dtype(vocab, len(patterns[0]))
+    tables, unigrams, tokens, documents = _across_processes(
+        tables, unigrams, tokens, documents, key_dtype
+    )
+    return tables, vocab, unigrams, tokens, documents
+
+
+def _across_processes(tables, unigrams, tokens: int, documents: int, key_dtype):
+    """Count tables, unigrams and totals summed over the processes (the same on each)."""
     merged = []
     for table in tables:
-        keys, counts = (
-            distributed.gather_arrays(table.keys),
-            distributed.gather_arrays(table.counts),
-        )
-        merged.append(_merge([CountTable(k, c) for k, c in zip(keys, counts, strict=True)]))
-    key_dtype = _key_dtype(local_vocab, len(patterns[0]))
+        keys = distributed.gather_arrays(table.keys.astype(key_dtype, copy=False))
+        counts = distributed.gather_arrays(table.counts.astype(np.int64, copy=False))
+        t = _merge([CountTable(k, c) for k, c in zip(keys, counts, strict=True)])
+        dtype = _count_dtype(t.total)
+        merged.append(CountTable(t.keys.astype(key_dtype, copy=False), t.counts.astype(dtype)))
     totals = distributed.sum_arrays(np.array([tokens, documents], np.int64))
-    return (
-        tuple(CountTable(t.keys.astype(key_dtype, copy=False), t.counts) for t in merged),
-        local_vocab,
-        distributed.sum_arrays(unigrams),
-        int(totals[0]),
-        int(totals[1]),
+    return tuple(merged), distributed.sum_arrays(unigrams), int(totals[0]), int(totals[1])
+
+
+def sum_pair_counts(counts: PairCounts) -> PairCounts:
+    """Pair counts summed over the processes of a multi-process run (`jax.distributed`); for
+    counts made without `count_pairs`, which sums by itself. One process: `counts` as is."""
+    if jax.process_count() == 1:
+        return counts
+    tables, unigrams, tokens, documents = _across_processes(
+        counts.tables,
+        counts.unigrams,
+        counts.tokens,
+        counts.documents,
+        _key_dtype(counts.vocab_size, 2),
     )
+    return counts._replace(tables=tables, unigrams=unigrams, tokens=tokens, documents=documents)
 
 
 def _count_local(
