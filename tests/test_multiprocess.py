@@ -21,7 +21,7 @@ The children run `python -m tests.test_multiprocess WORK_DIR` (the worker) or th
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import json
 import os
 import pathlib
@@ -412,29 +412,26 @@ def test_bipartite_per_document_scores_match(worker):
 
 def _text_reference(work: pathlib.Path):
     """The 1-process run fed the 2-process run's global batches: process 0's rows, then 1's."""
-    from l2m_jax import models, train
     from l2m_jax.experiments import train as train_exp
     from l2m_jax.sources import tokenize
 
     shards = _load(work, "text")
-    tokenizer = tokenize.get_tokenizer("bytes")
-    config, bos = train_exp.token_model("gpt2-tiny", tokenizer, 16)
     parser = __import__("argparse").ArgumentParser()
     train_exp.add_arguments(parser)
     args = parser.parse_args(_text_argv(work / "corpus", work / "unused")[1:])
     train_exp._apply_defaults(args)
-    train_config = train_exp.train_config(args)
-    local = [
-        train_exp._epoch_batches(s["train"], bos, train_config.seed, processes=2) for s in shards
-    ]
-    task = train.TokenTask(
-        apply_fn=functools.partial(models.apply, config),
+    config = train_exp.train_config(args)
+    tokenizer = tokenize.get_tokenizer("bytes")
+    data = train_exp.TextData("corpus", tokenizer, shards[0]["train"], shards[0]["eval"], 1, (0, 0))
+    task, params, _ = train_exp.text_task("gpt2-tiny", data, config)  # as `l2m train` builds it
+    _, bos = train_exp.token_model("gpt2-tiny", tokenizer, 16)
+    local = [train_exp._epoch_batches(s["train"], bos, config.seed, processes=2) for s in shards]
+    task = dataclasses.replace(
+        task,
         batches=lambda step, batch: np.concatenate([f(step, batch) for f in local]),
-        seq_len=16,
         eval_data=np.concatenate([train_exp._with_bos(s["eval"], bos) for s in shards]),
     )
-    params = models.init(config, jax.random.key(train_config.seed + 1))
-    return task, params, train_config
+    return task, params, config
 
 
 def test_text_training_reads_only_its_own_documents_and_matches(worker):

@@ -318,16 +318,8 @@ def _epoch_batches(chunks_BxL: np.ndarray, bos: int, seed: int, processes: int =
     return batches
 
 
-def train_text(
-    model_name: str,
-    data: TextData,
-    config,
-    *,
-    out: str | pathlib.Path | None = None,
-    resume: bool = False,
-    progress: bool = True,
-) -> dict:
-    """Trains token preset `model_name` on `data` with NLL; returns a JSON-able summary."""
+def text_task(model_name: str, data: TextData, config) -> tuple[Any, Any, Any]:
+    """(TokenTask, initial params, model config) of token preset `model_name` on `data`."""
     import jax
 
     from l2m_jax import models, train
@@ -340,7 +332,23 @@ def train_text(
         seq_len=seq_len,
         eval_data=_with_bos(data.eval_BxL, bos),
     )
-    params = models.init(model_config, jax.random.key(config.seed + 1))
+    return task, models.init(model_config, jax.random.key(config.seed + 1)), model_config
+
+
+def train_text(
+    model_name: str,
+    data: TextData,
+    config,
+    *,
+    out: str | pathlib.Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Trains token preset `model_name` on `data` with NLL; returns a JSON-able summary."""
+    from l2m_jax import models, train
+
+    seq_len = data.train_BxL.shape[1]
+    task, params, model_config = text_task(model_name, data, config)
     data_json = {
         "corpus": data.corpus,
         "tokenizer": data.tokenizer.name,
