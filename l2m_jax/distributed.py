@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import sys
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -84,9 +85,11 @@ def _detected_cluster():
     """The cluster environment `jax.distributed.initialize()` would detect, or None."""
     from jax._src import clusters  # JAX's own detection, so we start exactly when it would
 
-    for env in clusters.ClusterEnv._cluster_types:
-        if not env.opt_in_only_method and env.is_env_present():
-            return env
+    with warnings.catch_warnings():  # e.g. "Kubernetes detected, but not the package"
+        warnings.simplefilter("ignore")
+        for env in clusters.ClusterEnv._cluster_types:
+            if not env.opt_in_only_method and env.is_env_present():
+                return env
     return None
 
 
