@@ -52,7 +52,8 @@ _GATHER_BYTES = 64 << 20  # per process and call: bounds the device buffers of a
 
 def job_from_environment() -> tuple[int, int, str] | None:
     """(process_count, process_index, what says so) when the environment describes a job of
-    several processes, else None. Reads the environment only (JAX is not initialised).
+    several processes, else None. Reads the environment (on a Cloud TPU VM also its metadata
+    server); JAX is not initialised.
 
     JAX_COORDINATOR_ADDRESS with JAX_NUM_PROCESSES / JAX_PROCESS_ID, or a cluster that
     `jax.distributed.initialize()` detects by itself (SLURM, Open MPI, Cloud TPU pod workers,
