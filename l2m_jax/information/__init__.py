@@ -13,8 +13,11 @@ from l2m_jax.information.counting import CountTable, PairCounts, count_ngrams, c
 from l2m_jax.information.entropy import EntropyEstimate, entropy
 from l2m_jax.information.fits import (
     BootstrapInterval,
+    HilbergFit,
     PowerLawFit,
+    bootstrap_hilberg,
     bootstrap_power_law,
+    fit_hilberg,
     fit_power_law,
 )
 from l2m_jax.information.gaussian import gaussian_mi
@@ -27,16 +30,19 @@ __all__ = [
     "DocumentScores",
     "EntropyEstimate",
     "ExponentFit",
+    "HilbergFit",
     "PairCounts",
     "PowerLawFit",
     "ScoringPlan",
     "TwoPointResult",
     "bipartite_estimates",
     "bipartite_mi",
+    "bootstrap_hilberg",
     "bootstrap_power_law",
     "count_ngrams",
     "count_pairs",
     "entropy",
+    "fit_hilberg",
     "fit_power_law",
     "gaussian_mi",
     "scoring_plan",
