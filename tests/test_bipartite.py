@@ -237,7 +237,7 @@ def test_bad_input():
 
 
 def test_exponent_fit_states_the_splits_it_uses():
-    """The fit rule: splits with signal-to-noise ≥ 2 not below the bound; the rest listed."""
+    """The fit rule: splits with signal-to-noise ≥ 3 not below the bound; the rest listed."""
     from l2m_jax.information.bipartite import DataProcessingBound, _fit
     from l2m_jax.information.fits import fit_power_law
 
@@ -250,7 +250,7 @@ def test_exponent_fit_states_the_splits_it_uses():
     fit = _fit(splits, values, None, resamples=200, confidence=0.95, seed=0)
     assert fit.splits == (4, 8, 16, 32, 64)
     snr = -0.1 / stderr[0]
-    assert fit.excluded == ((2, f"signal-to-noise {snr:.2f} < 2"),)
+    assert fit.excluded == ((2, f"signal-to-noise {snr:.2f} < 3"),)
     ref = fit_power_law(splits[1:], truth[1:], y_stderr=stderr[1:])
     assert fit.exponent == pytest.approx(ref.exponent, rel=1e-12)
     assert fit.exponent_stderr == pytest.approx(ref.exponent_stderr, rel=1e-12)

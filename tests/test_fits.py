@@ -113,7 +113,7 @@ def _snr_below_one_data(rng, n_sets: int, n_docs: int = 64):
 
 def test_weighted_fit_covers_the_true_exponent_with_a_noisy_split():
     """One split with signal-to-noise below 1, the splits chosen as the bipartite fit does
-    (mean ≥ 2 stderr): the weighted fit's ±1.96 stderr (Birge-scaled) covers β = 0.6 in
+    (mean ≥ 3 stderr): the weighted fit's ±1.96 stderr (Birge-scaled) covers β = 0.6 in
     95% ± 3% of 4000 data sets (binomial spread 0.3%), and ±2 stderr likewise; the
     unweighted fit of the same splits does not."""
     from l2m_jax.information.fits import _weighted_log_fits
@@ -121,8 +121,8 @@ def test_weighted_fit_covers_the_true_exponent_with_a_noisy_split():
     rng = np.random.default_rng(0)
     x, values_SxNxX = _snr_below_one_data(rng, n_sets=4000)
     means, stderr = values_SxNxX.mean(1), values_SxNxX.std(1, ddof=1) / 8
-    keep = means >= 2 * stderr
-    assert keep[:, 1:].mean() > 0.97 and keep[:, 0].mean() < 0.25
+    keep = means >= 3 * stderr
+    assert keep[:, 2:].mean() > 0.999 and 0.3 < keep[:, 1].mean() < 0.7 and keep[:, 0].mean() < 0.1
     # All sets at once through the function behind fit_power_law(..., y_stderr=...).
     _, slope, slope_se, chi2, converged = _weighted_log_fits(np.log(x), means, stderr, keep)
     assert converged.all()

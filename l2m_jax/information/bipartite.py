@@ -29,7 +29,7 @@ Checks that come with every result:
                     than 3 standard errors are flagged and kept out of the fits.
   fits              `FIT_RULE` below, with a document bootstrap applying the same rule:
                     weighted log-space least squares over the splits with signal-to-noise
-                    ≥ 2 that pass the bound check, Birge-scaled stderr.
+                    ≥ 3 that pass the bound check, Birge-scaled stderr.
   h(t)              the joint pass's per-position log-probs give the entropy-by-context curve
                     h(t) = E[−log q(W_t | BOS, W_<t)], fitted with Hilberg's law
                     h(t) = h∞ + A·t^(β−1): a second β from the same scoring.
@@ -106,13 +106,13 @@ __all__ = [
 PASS_KINDS = ("joint", "marginal", "shuffled")
 FIT_RULE = (
     "weighted least squares of log I on log ℓ, weights (Î/σ)² at the fitted Î, stderr "
-    "scaled by sqrt(χ²/dof) when above 1; a split enters when its mean is at least 2 "
+    "scaled by sqrt(χ²/dof) when above 1; a split enters when its mean is at least 3 "
     "standard errors above 0 (below that its logarithm is far from normal) and not below the "
     "data-processing bound by more than 3 standard errors; every bootstrap resample applies "
     "the same rule to its own means and standard errors, and one left with fewer than 3 "
     "splits counts as failed"
 )
-MIN_SNR = 2.0  # a split enters a log-space fit when mean ≥ MIN_SNR · stderr
+MIN_SNR = 3.0  # a split enters a log-space fit when mean ≥ MIN_SNR · stderr
 UNDERSAMPLED_MISSING_MASS = 0.1  # Good–Turing share of unseen 2-grams that triggers a warning
 BOUND_SIGMAS = 3.0
 
