@@ -37,6 +37,13 @@ def test_source_run_writes_every_figure(tmp_path, capsys):
     ebc = rec["entropy_by_context"]
     assert len(ebc["mean"]) == len(ebc["stderr"]) == 64 and ebc["positions"][-1] == 64
     assert rec["document_start"]["source"] == "the source's own initial law"
+    # q = p: Y after another document's X costs the entropy rate per token, plus, for Y1,
+    # the cross-entropy of P(b | a) with a and b independent.
+    src = markov_chain()
+    pi, log_p = src.stationary, np.log(src.transition)
+    extra = len(rec["splits"]) * (-(pi @ log_p @ pi) - src.entropy_rate()) / sum(rec["splits"])
+    shuffled = rec["cross_entropy"]["shuffled"]
+    assert abs(shuffled["mean"] - src.entropy_rate() - extra) < 4 * shuffled["stderr"]
     assert rec["ngram_tokens"] == 24 * 64 and rec["ngram_source"] == "the scored documents"
     printed = capsys.readouterr().out
     assert "vCLUB" in printed and "data-processing bound" in printed

@@ -149,6 +149,23 @@ def _cache_key(args, start: dict) -> dict:
     return {"model": args.model, "bos_id": start["bos_id"], "corpus": args.corpus}
 
 
+def _cross_entropy(logprobs) -> dict:
+    """Mean −log q per token of each kind of pass, with stderrs over documents: how well the
+    model (and its document start) predicts what the estimators use."""
+
+    def per_doc(arrays) -> dict:
+        nll = -np.concatenate([a.astype(np.float64) for a in arrays], axis=1).mean(axis=1)
+        return {"mean": float(nll.mean()), "stderr": float(nll.std(ddof=1) / np.sqrt(nll.size))}
+
+    return {
+        "joint": per_doc([logprobs.joint]),
+        "marginal": per_doc(logprobs.marginal),
+        "marginal_first_two": per_doc([m[:, :2] for m in logprobs.marginal]),
+        "shuffled": per_doc(logprobs.shuffled),
+        "all": per_doc([logprobs.joint, *logprobs.marginal, *logprobs.shuffled]),
+    }
+
+
 def measure(args: argparse.Namespace) -> dict:
     """Runs the estimators as the arguments say; returns every figure as a dict."""
     from l2m_jax.information import bipartite_mi, scoring_plan
@@ -243,6 +260,7 @@ def measure(args: argparse.Namespace) -> dict:
         rec[f"{key}_below_bound"] = getattr(res, f"{key}_below_bound")
         fit = getattr(res, f"{key}_fit")
         rec[f"{key}_fit"] = None if fit is None else fit._asdict()
+    rec["cross_entropy"] = _cross_entropy(res.logprobs)
     ebc = res.entropy_by_context
     rec["entropy_by_context"] = {
         "positions": ebc.positions,
@@ -441,9 +459,15 @@ def run(args: argparse.Namespace) -> int:
             f"distinct 2-grams, missing mass {rec['ngram_missing_mass']:.3f}"
             + (", UNDERSAMPLED)" if rec["ngram_undersampled"] else ")")
         )
-    start = rec["document_start"]
+    start, ce = rec["document_start"], rec["cross_entropy"]
     if start["bos_id"] is not None:
         print(f"document start: id {start['bos_id']} {start['token']!r} ({start['source']})")
+    print(
+        "cross-entropy, nats/token: "
+        + ", ".join(
+            f"{k.replace('_', ' ')} {v['mean']:.4f} ± {v['stderr']:.4f}" for k, v in ce.items()
+        )
+    )
     print(
         f"cost: {rec['tokens_processed']} positions run through the model (padding included),"
         f" {rec['total_tokens_scored']} log-probs kept; the official code runs and scores "
