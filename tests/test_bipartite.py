@@ -267,7 +267,7 @@ def test_exponent_fit_states_the_splits_it_uses():
     assert fit.interval[0] < fit.exponent < fit.interval[1]
     assert fit.bootstrap_resamples + fit.bootstrap_failed == 200
     # A bound at 2.5 ± 0: ℓ = 4 (2.0 ± 0.06) lies 8 stderrs below it and is left out too.
-    bound = DataProcessingBound(2.5, 0.0, 2.9, 0.0, 0.4, 0.0, 1)
+    bound = DataProcessingBound(2.5, 0.0, 2.9, 0.0, 0.4, 0.0, 2, "unigrams")
     fit = _fit(splits, values, bound, resamples=200, confidence=0.95, seed=0)
     assert fit.splits == (8, 16, 32, 64)
     assert fit.excluded[1:] == ((4, "below the data-processing bound"),)

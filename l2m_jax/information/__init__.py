@@ -21,14 +21,24 @@ from l2m_jax.information.entropy import EntropyEstimate, entropy
 from l2m_jax.information.fits import (
     BootstrapInterval,
     HilbergFit,
+    OffsetProfile,
     PowerLawFit,
     bootstrap_hilberg,
     bootstrap_power_law,
     fit_hilberg,
     fit_power_law,
+    offset_profile,
 )
 from l2m_jax.information.gaussian import gaussian_mi
-from l2m_jax.information.two_point import TwoPointResult, two_point_mi, two_point_mi_from_counts
+from l2m_jax.information.two_point import (
+    TwoPointEstimates,
+    TwoPointResult,
+    shifted_pair_counts,
+    shuffle_documents,
+    two_point_estimates,
+    two_point_mi,
+    two_point_mi_from_counts,
+)
 
 __all__ = [
     "BipartiteResult",
@@ -40,10 +50,12 @@ __all__ = [
     "EntropyEstimate",
     "ExponentFit",
     "HilbergFit",
+    "OffsetProfile",
     "PairCounts",
     "PositionLogprobs",
     "PowerLawFit",
     "ScoringPlan",
+    "TwoPointEstimates",
     "TwoPointResult",
     "bipartite_estimates",
     "bipartite_mi",
@@ -57,9 +69,13 @@ __all__ = [
     "fit_power_law",
     "gaussian_mi",
     "ngram_entropy",
+    "offset_profile",
     "score_documents",
     "scoring_plan",
+    "shifted_pair_counts",
+    "shuffle_documents",
     "two_point_bound",
+    "two_point_estimates",
     "two_point_mi",
     "two_point_mi_from_counts",
 ]

@@ -373,11 +373,14 @@ class DataProcessingBound(NamedTuple):
     """The lower bound I_BP(ℓ; rℓ) ≥ I(W_ℓ ; W_ℓ+1) = I_TP(1) (stationary text), estimated.
 
     Attributes:
-      value, stderr: raw − surrogate, the bound the estimates are checked against.
-      raw, raw_stderr: `two_point_mi` at distance 1 on the corpus.
-      surrogate, surrogate_stderr: the same on the corpus's tokens shuffled across documents
-        (document lengths kept), the mean over `shuffles` shuffles: the estimator's bias.
+      value, stderr: raw − surrogate, the bound the estimates are checked against, and its
+        standard error (`two_point_mi`'s, the shuffles' spread included).
+      raw, raw_stderr: `two_point_mi` at distance 1 on the corpus, uncorrected.
+      surrogate, surrogate_spread: the same on the corpus's tokens shuffled across documents
+        (document lengths kept), the mean over `shuffles` shuffles — the estimator's bias —
+        and the spread between shuffles.
       shuffles: number of shuffles.
+      marginals: the two-point convention (`two_point_mi`'s default, the paper's).
     """
 
     value: float
@@ -385,30 +388,30 @@ class DataProcessingBound(NamedTuple):
     raw: float
     raw_stderr: float
     surrogate: float
-    surrogate_stderr: float
+    surrogate_spread: float
     shuffles: int
+    marginals: str
 
 
 def two_point_bound(
     corpus, vocab_size: int | None = None, *, shuffles: int = 2, seed: int = 0
 ) -> DataProcessingBound:
-    """Î_TP(1) of `corpus` less its shuffled surrogate: the data-processing lower bound of
-    I_BP (module docstring)."""
+    """Î_TP(1) of `corpus` less its shuffled surrogate (`two_point_mi` with
+    surrogate="global"): the data-processing lower bound of I_BP (module docstring)."""
     docs = _corpus_list(corpus, "corpus")
-    shuffles = _check_int("shuffles", shuffles, 1)
-    raw = two_point_mi(docs, [1], vocab_size, progress=False)
-    tokens = np.concatenate(docs)
-    cuts = np.cumsum([d.size for d in docs])[:-1]
-    rng = np.random.default_rng(seed)
-    surrogate = [
-        two_point_mi(np.split(rng.permutation(tokens), cuts), [1], vocab_size, progress=False)
-        for _ in range(shuffles)
-    ]
-    s_mi = float(np.mean([float(r.mi[0]) for r in surrogate]))
-    s_se = math.sqrt(sum(float(r.stderr[0]) ** 2 for r in surrogate)) / shuffles
-    r_mi, r_se = float(raw.mi[0]), float(raw.stderr[0])
+    shuffles = _check_int("shuffles", shuffles, 2)
+    res = two_point_mi(
+        docs, [1], vocab_size, surrogate="global", shuffles=shuffles, seed=seed, progress=False
+    )
     return DataProcessingBound(
-        r_mi - s_mi, math.hypot(r_se, s_se), r_mi, r_se, s_mi, s_se, shuffles
+        float(res.mi[0]),
+        float(res.stderr[0]),
+        float(res.mi_raw[0]),
+        float(res.stderr_raw[0]),
+        float(res.mi_surrogate[0]),
+        float(res.surrogate_spread[0]),
+        int(res.shuffles),
+        str(res.marginals),
     )
 
 
