@@ -270,7 +270,10 @@ def test_exponent_fit_states_the_splits_it_uses():
     bound = DataProcessingBound(2.5, 0.0, 2.9, 0.0, 0.4, 0.0, 2, "unigrams")
     fit = _fit(splits, values, bound, resamples=200, confidence=0.95, seed=0)
     assert fit.splits == (8, 16, 32, 64)
-    assert fit.excluded[1:] == ((4, "below the data-processing bound"),)
+    assert fit.excluded == (
+        (2, f"signal-to-noise {snr:.2f} < 3; below the data-processing bound"),
+        (4, "below the data-processing bound"),
+    )
     ref = fit_power_law(splits[2:], truth[2:], y_stderr=stderr[2:])
     assert fit.exponent == pytest.approx(ref.exponent, rel=1e-12)
     # Fewer than 3 splits qualify: no fit.

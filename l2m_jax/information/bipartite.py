@@ -468,15 +468,17 @@ def _fit(
     means, stderr = _mean_stderr(values_NxS)
     keep = select(means[None], stderr[None])[0]
     excluded = []
-    for ell, m, se, k in zip(splits, means, stderr, keep, strict=True):
+    below = _below(means, stderr, bound)
+    for ell, m, se, k, low in zip(splits, means, stderr, keep, below, strict=True):
         if k:
             continue
         if se <= 0:
             excluded.append((ell, "zero standard error"))
-        elif m < MIN_SNR * se:
-            excluded.append((ell, f"signal-to-noise {m / se:.2f} < {MIN_SNR:g}"))
-        else:
-            excluded.append((ell, "below the data-processing bound"))
+            continue
+        reasons = [f"signal-to-noise {m / se:.2f} < {MIN_SNR:g}"] if m < MIN_SNR * se else []
+        excluded.append(
+            (ell, "; ".join([*reasons, *(["below the data-processing bound"] if low else [])]))
+        )
     if keep.sum() < 3:
         return None
     x = np.asarray(splits, np.float64)
