@@ -31,6 +31,7 @@ import argparse
 
 import numpy as np
 
+from l2m_jax import distributed
 from l2m_jax.experiments._common import (
     int_range,
     print_table,
@@ -102,6 +103,8 @@ def _source(name: str, seed: int):
 
 def _pretrained(args):
     """(model, documents, corpus) for --model/--corpus; clear errors if missing."""
+    import jax
+
     try:
         from l2m_jax.models.pretrained import load
         from l2m_jax.sources.text import chunk_documents, load_corpus
@@ -118,16 +121,18 @@ def _pretrained(args):
     if max_len > model.max_len:
         raise ValueError(f"--max-len {max_len} exceeds the model's {model.max_len} positions")
     if args.tokens is not None:
-        docs = read_token_file(args.tokens)
-        return model, docs, None
-    corpus = load_corpus(args.corpus, tokenizer=model.tokenizer)
+        return model, read_token_file(args.tokens, per_process=True), None
+    # Each process samples its share of the documents from its own books (per_host).
+    corpus = load_corpus(args.corpus, tokenizer=model.tokenizer, per_host=True)
     samples = chunk_documents(corpus, max_len, tokenizer=model.tokenizer)
-    if len(samples) < max(n_docs, 2):
+    share = len(distributed.shard_for_host(range(n_docs)))
+    if len(samples) < max(share, 2 if jax.process_count() == 1 else 1):
+        where = " from this process's books" if jax.process_count() > 1 else ""
         raise ValueError(
-            f"--corpus {args.corpus} gives {len(samples)} samples of {max_len} tokens, fewer "
-            f"than --docs {n_docs}; lower --docs or --max-len"
+            f"--corpus {args.corpus} gives {len(samples)} samples of {max_len} tokens{where}, "
+            f"fewer than the {share} of --docs {n_docs} wanted; lower --docs or --max-len"
         )
-    pick = np.random.default_rng(args.seed).permutation(len(samples))[:n_docs]
+    pick = np.random.default_rng(args.seed).permutation(len(samples))[:share]
     return model, samples[np.sort(pick)], corpus
 
 
@@ -186,7 +191,8 @@ def measure(args: argparse.Namespace) -> dict:
     exact_src = corpus = None
     label = ""
     if args.model is not None:
-        model, docs, corpus = _pretrained(args)
+        with distributed.agreed_errors():  # each process reads its own documents
+            model, docs, corpus = _pretrained(args)
         fn, params, max_len = model.logprob_fn, model.params, model.max_len
         vocab = model.tokenizer.vocab_size
         batch = args.batch_size or PRESETS[args.preset][2]
@@ -197,17 +203,19 @@ def measure(args: argparse.Namespace) -> dict:
 
         src = _source(args.source, args.seed)
         if args.tokens is not None:
-            docs = read_token_file(args.tokens)
+            docs = read_token_file(args.tokens, per_process=True)
         else:
             length = args.length or 256
             docs = np.asarray(src.sample(jax.random.key(args.seed), args.docs or 256, length))
+            docs = distributed.shard_for_host(list(docs))  # this process's documents
         fn, params, vocab, max_len = src.logprob_fn, src.params, src.vocab_size, None
         batch = args.batch_size or 64
         exact_src, label = src, f"{src.name} (exact model, q = p)"
         start = {"bos_id": None, "token": None, "source": "the source's own initial law"}
     if len(docs) == 0:
         raise ValueError("no documents to score")
-    length = min(int(np.asarray(d).size) for d in docs)
+    shortest = np.array([min(int(np.asarray(d).size) for d in docs)])
+    length = int(np.concatenate(distributed.gather_arrays(shortest)).min())  # of every process
     splits = _splits(args, length)
     extra = {} if args.hilberg_from is None else {"hilberg_from": args.hilberg_from}
     res = bipartite_mi(

@@ -492,10 +492,17 @@ def _run_part(part: Part, argv: list[str], log_path: pathlib.Path) -> tuple[int,
 
 
 def run(args: argparse.Namespace) -> int:
+    from l2m_jax import distributed
+
     parts = _select(args.only, args.skip)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     status = {"preset": args.preset, "parts": {}}
+    # Each part starts jax.distributed itself when the environment describes a job of
+    # several processes; this process does not start JAX, and only process 0 writes.
+    job = distributed.job_from_environment()
+    primary = job is None or job[1] == 0
+    provenance = {"process_count": 1 if job is None else job[0], "device_count": None}
     summary = [
         "# l2m_jax report",
         "",
@@ -512,7 +519,9 @@ def run(args: argparse.Namespace) -> int:
         summary += ["", f"## {part.title}", "", f"`{shown}` — {wall:.0f} s"]
         if rc == 0 and rec_path.exists():
             try:
-                summary += ["", *part.summary(json.loads(rec_path.read_text()))]
+                rec = json.loads(rec_path.read_text())
+                provenance["device_count"] = provenance["device_count"] or rec.get("device_count")
+                summary += ["", *part.summary(rec)]
             except (KeyError, TypeError, ValueError, IndexError) as err:
                 summary += ["", f"(could not summarise {rec_path.name}: {err!r})"]
             if part.plot and (out / f"{part.name}.png").exists():
@@ -520,8 +529,9 @@ def run(args: argparse.Namespace) -> int:
         else:
             summary += ["", f"**Failed** (exit code {rc}); see `{part.name}.log`."]
         status["parts"][part.name] = entry
-        write_json(out / "report.json", status)
-        (out / "summary.md").write_text("\n".join(summary) + "\n")
+        if primary:
+            write_json(out / "report.json", status, provenance=provenance)
+            (out / "summary.md").write_text("\n".join(summary) + "\n")
         print(f"[{i}/{len(parts)}] {part.name}: exit {rc} in {wall:.0f} s", flush=True)
     failed = [n for n, e in status["parts"].items() if e["returncode"] != 0]
     print(

@@ -69,6 +69,7 @@ import tqdm
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from l2m_jax import distributed
 from l2m_jax.information.counting import count_ngrams
 from l2m_jax.information.entropy import entropy
 from l2m_jax.information.fits import (
@@ -363,7 +364,7 @@ def ngram_entropy(corpus, vocab_size: int | None = None) -> NgramEntropy:
     return NgramEntropy(
         float(h.value),
         float(h.stderr),
-        int(sum(d.size for d in docs)),
+        int(distributed.sum_arrays(np.array(sum(d.size for d in docs), np.int64))),
         int(counts.size),
         float(np.count_nonzero(counts == 1) / total),
     )
@@ -920,7 +921,9 @@ class BipartiteResult(NamedTuple):
     cached_batches: int
 
 
-def _documents(docs, need: int, splits: tuple[int, ...], ratio: int, vocab_size) -> list:
+def _documents(
+    docs, need: int, splits: tuple[int, ...], ratio: int, vocab_size, least: int = 2
+) -> list:
     if isinstance(docs, (str, bytes)):
         raise TypeError("docs must hold integer token ids, not text; tokenize first")
     if isinstance(docs, (np.ndarray, jax.Array)):
@@ -930,7 +933,7 @@ def _documents(docs, need: int, splits: tuple[int, ...], ratio: int, vocab_size)
     docs = list(docs)
     if not docs:
         raise ValueError("docs is empty; pass at least 2 documents of token ids")
-    if len(docs) < 2:
+    if len(docs) < least:
         raise ValueError(
             "vCLUB pairs each Y with another document's X and standard errors need spread: "
             f"pass at least 2 documents, got {len(docs)}"
@@ -1001,7 +1004,11 @@ def bipartite_mi(
         log q(tokens[t] | BOS, tokens[:t]); causal (padding at the end changes nothing).
       params: the model's parameters (replicated on every device).
       docs: [n_docs, T] int array or a list of 1-D int arrays (≥ 2 documents, each at least
-        r·ℓ_max tokens; only the first r·ℓ_max are scored).
+        r·ℓ_max tokens; only the first r·ℓ_max are scored). In a multi-process run
+        (`jax.distributed`) each process passes its own documents (≥ 1) and scores them on
+        its own devices; the result, the same on every process, covers all of them (process
+        0's documents first), as one process given them all. `corpus` is then each
+        process's own share too (its counts are summed across processes).
       splits: increasing split points ℓ ≥ 1 (ℓ ≥ 2 at r = 2 when ngram_weight > 0).
       ratio: r ≥ 2; Y = W_ℓ+1:rℓ.
       batch_size: documents per model call (at most n_docs, rounded up to a multiple of the
@@ -1040,10 +1047,20 @@ def bipartite_mi(
         )
     if max_len is not None and _check_int("max_len", max_len, 1) < need:
         raise ValueError(f"max_len={max_len} is shorter than r·ℓ_max = {need}; drop large splits")
-    doc_list = _documents(docs, need, splits, ratio, vocab_size)
-    n_docs = len(doc_list)
-    tokens_NxL = np.stack([d[:need] for d in doc_list]).astype(np.int32)
+    distributed.initialize()
+    n_proc = jax.process_count()
+    with distributed.agreed_errors():  # at least 2 documents in all; each process ≥ 1
+        doc_list = _documents(docs, need, splits, ratio, vocab_size, 2 if n_proc == 1 else 1)
+    # Each process scores its own documents; all of them are process 0's, then 1's, ...
+    # (X_σ of the shuffled pass may come from another process's documents).
+    parts = distributed.gather_arrays(np.stack([d[:need] for d in doc_list]).astype(np.int32))
+    tokens_NxL = np.concatenate(parts)
+    n_docs = len(tokens_NxL)
+    first = sum(len(p) for p in parts[: jax.process_index()])
+    mine = np.arange(first, first + len(doc_list))
     sigma = derangement(n_docs, seed)
+    if n_proc > 1 and cache_dir is not None:  # one cache per process
+        cache_dir = pathlib.Path(cache_dir) / f"process-{jax.process_index()}-of-{n_proc}"
     corpus_docs = doc_list if corpus is None else _corpus_list(corpus, "corpus")
 
     if ngram_weight > 0:
@@ -1065,8 +1082,8 @@ def bipartite_mi(
     run = score_documents(
         logprob_fn,
         params,
-        tokens_NxL,
-        tokens_NxL[sigma, : splits[-1]],
+        tokens_NxL[mine],
+        tokens_NxL[sigma[mine], : splits[-1]],
         plan,
         batch_size=batch_size,
         max_len=max_len,
@@ -1075,6 +1092,17 @@ def bipartite_mi(
         cache_key=cache_key,
         progress=progress,
     )
+    if n_proc > 1:  # every process's rows, on every process
+        rows = lambda a: np.concatenate(distributed.gather_arrays(a))
+        logprobs = run.logprobs
+        run = run._replace(
+            logprobs=PositionLogprobs(
+                rows(logprobs.joint),
+                tuple(rows(a) for a in logprobs.marginal),
+                tuple(rows(a) for a in logprobs.shuffled),
+            ),
+            tokens_processed=int(distributed.sum_arrays(np.array(run.tokens_processed))),
+        )
     scores = document_scores(run.logprobs, splits, ratio)
     h = (ngram.value, ngram.stderr)
     est = bipartite_estimates(scores, ngram_entropy=h, ngram_weight=ngram_weight)
