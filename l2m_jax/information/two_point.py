@@ -233,12 +233,15 @@ def _one_distance(table, vocab: int, method: str, h_unigram) -> tuple[float, flo
     take count-of-counts.
     """
     keys, counts = table.keys, table.counts
-    base = keys.dtype.type(vocab)
-    second = keys // base  # the first token for now; the second token below, in place
-    bounds = np.searchsorted(second, np.arange(vocab + 1, dtype=second.dtype))
-    second *= base
-    np.subtract(keys, second, out=second)
+    heads = np.arange(vocab, dtype=keys.dtype) * keys.dtype.type(vocab)  # keys (a, 0)
+    bounds = np.append(np.searchsorted(keys, heads), keys.size)
     runs = np.diff(bounds)  # distinct pairs per first token
+    # the second token as intp: NumPy indexes and bincounts with intp without a copy
+    if keys.dtype == np.uint32:
+        second = keys.astype(np.intp)
+        second -= np.repeat(heads.astype(np.intp), runs)
+    else:  # V² may exceed the intp range
+        second = (keys - np.repeat(heads, runs)).astype(np.intp)
     occupied = runs > 0
     weights = counts.astype(np.float64)  # exact below 2^53
     n_first = np.zeros(vocab)
@@ -248,7 +251,10 @@ def _one_distance(table, vocab: int, method: str, h_unigram) -> tuple[float, flo
     log_total = math.log(total)
     # Grassberger's G per pair count and per marginal count (G(1) where a marginal is 0)
     g_table = _grassberger_table(counts)
-    g_pair = g_table.take(counts) if g_table is not None else _grassberger_g_np(weights)
+    if g_table is not None:  # mode="clip" (all in range) takes without an index copy
+        g_pair = g_table.take(counts, out=np.empty(counts.size), mode="clip")
+    else:
+        g_pair = _grassberger_g_np(weights)
     g_first = _grassberger_g_np(np.maximum(n_first, 1.0))
     g_second = _grassberger_g_np(np.maximum(n_second, 1.0))
     # Grassberger entropies (log N − Σ n G(n) / N), the centre of the delta method; pairwise
