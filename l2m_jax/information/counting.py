@@ -164,8 +164,12 @@ class _Chunk(NamedTuple):
     starts: int  # events start at positions [0, starts)
 
 
-def _joined(pieces: list[np.ndarray]) -> np.ndarray:
-    return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+def _joined(pieces: list[np.ndarray], dtype) -> np.ndarray:
+    """The pieces end to end as `dtype` (ids are checked ≥ 0: the cast is exact); a view of
+    a single piece of that dtype."""
+    if len(pieces) == 1:
+        return pieces[0].astype(dtype, copy=False)
+    return np.concatenate(pieces, dtype=dtype, casting="unsafe")
 
 
 def _chunks(docs: Iterable, vocab_size: int, key_dtype, chunk: int, halo: int) -> Iterator:
@@ -180,18 +184,20 @@ def _chunks(docs: Iterable, vocab_size: int, key_dtype, chunk: int, halo: int) -
             continue
         tokens += n
         documents += 1
-        buf_tok.append(doc.astype(key_dtype, copy=False))
-        rem = np.arange(n - 1, -1, -1, dtype=np.int32 if n < 2**31 else np.int64)
-        np.minimum(rem, halo, out=rem)  # capped: only rem ≥ d matters, d ≤ halo
-        buf_rem.append(rem.astype(np.int32, copy=False))
+        buf_tok.append(doc)  # cast to the key dtype when joined
+        rem = np.full(n, halo, np.int32)  # capped at halo: only rem ≥ d matters, d ≤ halo
+        tail = min(n, halo + 1)
+        rem[n - tail :] = np.arange(tail - 1, -1, -1, dtype=np.int32)
+        buf_rem.append(rem)
         size += n
         while size >= chunk + halo:
-            tok, rem = _joined(buf_tok), _joined(buf_rem)  # views when one piece (long docs)
+            tok = _joined(buf_tok, key_dtype)  # views when one piece (long docs)
+            rem = _joined(buf_rem, np.int32)
             yield _Chunk(tok[: chunk + halo], rem[: chunk + halo], chunk)
             buf_tok, buf_rem, size = [tok[chunk:]], [rem[chunk:]], size - chunk
     if size:  # the rest (< chunk + halo starts), padded so every offset slice is full
-        tok = np.concatenate([*buf_tok, np.zeros(halo, key_dtype)])
-        rem = np.concatenate([*buf_rem, np.full(halo, -1, np.int32)])
+        tok = _joined([*buf_tok, np.zeros(halo, key_dtype)], key_dtype)
+        rem = _joined([*buf_rem, np.full(halo, -1, np.int32)], np.int32)
         for lo in range(0, size, chunk):
             starts = min(chunk, size - lo)
             yield _Chunk(tok[lo : lo + starts + halo], rem[lo : lo + starts + halo], starts)
@@ -216,6 +222,16 @@ def _run_lengths(sorted_keys: np.ndarray, new: np.ndarray) -> CountTable:
     np.subtract(starts[1:], starts[:-1], out=counts[:-1], casting="unsafe")
     counts[-1] = n - starts[-1]
     return CountTable(sorted_keys[starts], counts)
+
+
+def _add_unigrams(unigrams: np.ndarray, ids: np.ndarray, block: int = 1 << 18) -> None:
+    """unigrams += the histogram of `ids`, in blocks: bincount wants intp ids, and a small
+    reused intp buffer costs half of converting the whole chunk at once."""
+    buf = np.empty(min(block, ids.size), np.intp)
+    for lo in range(0, ids.size, block):
+        part = ids[lo : lo + block]
+        np.copyto(buf[: part.size], part, casting="unsafe")  # ids < V < 2^32
+        unigrams += np.bincount(buf[: part.size], minlength=unigrams.size)
 
 
 def _count_dtype(total: int):
@@ -480,10 +496,7 @@ def _count_local(
         except StopIteration as stop:
             tokens, documents = stop.value
             break
-        ids = chunk.tokens[: chunk.starts]
-        unigrams += np.bincount(
-            ids if ids.dtype == np.uint32 else ids.astype(np.intp), minlength=vocab_size
-        )
+        _add_unigrams(unigrams, chunk.tokens[: chunk.starts])
         if implementation == "numpy":
             tables = _numpy_tables(chunk, patterns, vocab_size)
         else:
