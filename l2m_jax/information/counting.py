@@ -45,6 +45,7 @@ from l2m_jax import distributed
 __all__ = ["CountTable", "PairCounts", "count_ngrams", "count_pairs"]
 
 IMPLEMENTATIONS = ("auto", "numpy", "xla")
+_TAIL_SLICES = 4096  # documents per chunk up to which invalid starts are set by slices
 _DENSE_LIMIT = 1 << 22  # dense bincount when V^arity is at most this (and ≤ the chunk)
 _U32_SENTINEL = np.uint32(0xFFFFFFFF)  # sorts after every packed uint32 key (< 2^32 − 1)
 _I32_SENTINEL = np.int32(np.iinfo(np.int32).max)  # sorts after every token id digit
@@ -286,19 +287,35 @@ def _host_workers() -> int:
     return max(1, min(cores, 8))
 
 
+def _fill_tails(key: np.ndarray, ends: np.ndarray, last: int, value) -> int:
+    """key[i] = value at every start i whose event (last offset `last`) passes the end of its
+    document: the last `last` starts of each document, the documents ending at `ends`
+    (ascending). One slice per document; returns how many starts were filled."""
+    lo = np.maximum(ends - (last - 1), np.concatenate(([0], ends[:-1] + 1)))
+    hi = np.minimum(ends + 1, key.size)
+    keep = lo < hi
+    lo, hi = lo[keep], hi[keep]
+    for a, b in zip(lo.tolist(), hi.tolist(), strict=True):
+        key[a:b] = value
+    return int((hi - lo).sum())
+
+
 def _numpy_tables(chunk: _Chunk, patterns, vocab_size: int) -> list[CountTable]:
     """Counts a chunk on the host, patterns spread over threads; each reuses its buffers."""
     n, dtype = chunk.starts, chunk.tokens.dtype
     base, sentinel = dtype.type(vocab_size), np.iinfo(dtype).max
     heads = {first for first, *_ in patterns if len(patterns) > 1}
     head = {f: chunk.tokens[f : f + n] * base for f in heads}  # t0·V, shared by pairs
+    ends = np.flatnonzero(chunk.remaining == 0)  # the last token of each document
+    if ends.size > _TAIL_SLICES:
+        ends = None  # many documents: mask the invalid starts instead
     scratch = threading.local()
 
     def one(offsets) -> CountTable:
         if not hasattr(scratch, "key"):
-            scratch.key = np.empty(n, dtype)
-            scratch.invalid, scratch.new = np.empty(n, bool), np.empty(n, bool)
-        key, invalid = scratch.key, scratch.invalid
+            scratch.key, scratch.new = np.empty(n, dtype), np.empty(n, bool)
+            scratch.invalid = np.empty(n, bool) if ends is None else None
+        key = scratch.key
         first, *rest = offsets  # key = (…(t0·V + t1)·V + t2)…, in place
         if not rest:
             np.copyto(key, chunk.tokens[first : first + n])
@@ -310,17 +327,23 @@ def _numpy_tables(chunk: _Chunk, patterns, vocab_size: int) -> list[CountTable]:
         for off in rest[1:]:
             key *= base
             key += chunk.tokens[off : off + n]
-        np.less(chunk.remaining[:n], offsets[-1], out=invalid)
+        # starts whose event passes its document's end get bin `space` (dense bincount) or
+        # the sentinel (it sorts after every key)
         space = vocab_size ** len(offsets)
-        if space <= min(_DENSE_LIMIT, max(n, 1 << 12)):  # dense bincount, invalid → bin `space`
-            np.copyto(key, dtype.type(space), where=invalid)
-            dense = np.bincount(key, minlength=space + 1)[:space]
-            nz = np.flatnonzero(dense)
-            return CountTable(nz.astype(dtype), dense[nz].astype(np.int32))
-        # sort in place; invalid starts carry the sentinel and sort to the end
-        np.copyto(key, sentinel, where=invalid)
-        key.sort()
-        return _run_lengths(key[: n - np.count_nonzero(invalid)], scratch.new)
+        dense = space <= min(_DENSE_LIMIT, max(n, 1 << 12))
+        fill = dtype.type(space) if dense else sentinel
+        if ends is None:
+            np.less(chunk.remaining[:n], offsets[-1], out=scratch.invalid)
+            np.copyto(key, fill, where=scratch.invalid)
+            dropped = int(np.count_nonzero(scratch.invalid))
+        else:
+            dropped = _fill_tails(key, ends, offsets[-1], fill)
+        if dense:
+            counts = np.bincount(key, minlength=space + 1)[:space]
+            nz = np.flatnonzero(counts)
+            return CountTable(nz.astype(dtype), counts[nz].astype(np.int32))
+        key.sort()  # in place; the sentinels sort to the end
+        return _run_lengths(key[: n - dropped], scratch.new)
 
     workers = min(len(patterns), _host_workers())
     if workers == 1 or n < 1 << 16:
