@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from jax import lax
 
+from kernels.attention import api as attention_api
 from l2m_jax import models
 from l2m_jax.models import heads, ssm, transformer
 
@@ -67,10 +68,10 @@ def forward(request):
         out = jnp.concatenate([pred.mean, pred.std], axis=-1)  # [B, L, 2C]
         return out, pred
 
-    # causal attention by query blocks of 4 (4 + 4 + 4 + 1 for L = 13), so block boundaries
-    # are crossed here as they are at 256 for long sequences
+    # blockwise causal attention in blocks of 4 (4 + 4 + 4 + 1 for L = 13), so block
+    # boundaries are crossed here as they are at 128 for long sequences
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(transformer, "ATTENTION_BLOCK", 4)
+        mp.setattr(attention_api, "CPU_BLOCK", 4)
         jac, full = jax.jit(jax.jacrev(flat, has_aux=True))(inputs)  # one compile gives both
     return config, params, inputs, full, np.asarray(jac)  # jac [B, L, 2C, B, L, C]
 

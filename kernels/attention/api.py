@@ -34,6 +34,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 from kernels import _dispatch
 from kernels.attention import reference
@@ -98,8 +99,22 @@ def _splash(q_BxLxHxE, k_BxLxKxE, v_BxLxKxE, *, scale, interpret):
         return jnp.swapaxes(jnp.pad(x, ((0, 0), (0, Lp - L), (0, 0), (0, 0))), 1, 2)
 
     q = (q_BxLxHxE * jnp.asarray(scale, q_BxLxHxE.dtype)).astype(q_BxLxHxE.dtype)
-    o_BxHxLxE = jax.vmap(kernel)(heads_major(q), heads_major(k_BxLxKxE), heads_major(v_BxLxKxE))
+    args = (heads_major(q), heads_major(k_BxLxKxE), heads_major(v_BxLxKxE))
+    o_BxHxLxE = _per_batch_shard(jax.vmap(kernel), args)
     return jnp.swapaxes(o_BxHxLxE, 1, 2)[:, :L]
+
+
+def _per_batch_shard(fn, args):
+    """fn(*args), run per shard of the batch axis when it is sharded over explicit mesh axes
+    (a Pallas call cannot be partitioned by the compiler, nor batched over such an axis)."""
+    sharding = getattr(jax.typeof(args[0]), "sharding", None)
+    spec = getattr(sharding, "spec", None)
+    if not spec or spec[0] is None:
+        return fn(*args)
+    batch = P(spec[0])
+    return jax.shard_map(
+        fn, mesh=sharding.mesh, in_specs=(batch,) * len(args), out_specs=batch, check_vma=False
+    )(*args)
 
 
 def _cudnn(q, k, v, *, scale):

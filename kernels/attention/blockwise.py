@@ -59,7 +59,7 @@ def _pad_to(x, axis, size):
 class _Geometry:
     """Static block geometry plus the (traced) per-sequence starts."""
 
-    def __init__(self, T, S, block, starts_B, batch):
+    def __init__(self, T, S, block, starts_B):
         self.bq = min(block, T)
         self.bk = min(block, S) if starts_B is not None else self.bq
         self.nq = -(-T // self.bq)
@@ -67,7 +67,7 @@ class _Geometry:
         self.Tp, self.Sp = self.nq * self.bq, self.nk * self.bk
         self.T = T
         if starts_B is None:
-            self.starts_B = jnp.zeros((batch,), jnp.int32)
+            self.starts_B = None
             self.lo_start = self.hi_start = 0
         else:
             self.starts_B = starts_B.astype(jnp.int32)
@@ -95,8 +95,11 @@ class _Geometry:
 
     def tile_masks(self, i, j):
         """visible_Bx1x1xQxS (key row <= query position) and valid_Bx1xSx1 (row < end)."""
-        q_pos_BxQ = self.starts_B[:, None] + i * self.bq + jnp.arange(self.bq)[None]
+        q_pos_BxQ = i * self.bq + jnp.arange(self.bq)[None]  # [1, Q] for whole sequences
         k_pos_S = j * self.bk + jnp.arange(self.bk)
+        if self.starts_B is None:
+            return (k_pos_S[None, None, :] <= q_pos_BxQ[:, :, None])[:, None, None], None
+        q_pos_BxQ = self.starts_B[:, None] + q_pos_BxQ
         visible = k_pos_S[None, None, :] <= q_pos_BxQ[:, :, None]
         valid = k_pos_S[None, :] < (self.starts_B + self.T)[:, None]
         return visible[:, None, None], valid[:, None, :, None]
@@ -107,8 +110,8 @@ def _slice(x, start, size, axis):
 
 
 def _forward(q, k, v, starts_B, scale, block, garbage_rows):
-    B, K, R, T, E = q.shape
-    g = _Geometry(T, k.shape[2], block, starts_B, B)
+    T = q.shape[3]
+    g = _Geometry(T, k.shape[2], block, starts_B)
     q = _pad_to(q, 3, g.Tp)
     k, v = _pad_to(k, 2, g.Sp), _pad_to(v, 2, g.Sp)
 
@@ -137,10 +140,11 @@ def _forward(q, k, v, starts_B, scale, block, garbage_rows):
             return step
 
         n_full, n_seen = g.key_blocks(i)
+        # buffers made with *_like keep the inputs' sharding (explicit mesh axes)
         state = (
-            jnp.full((B, K, R, g.bq), -jnp.inf, _F32),
-            jnp.zeros((B, K, R, g.bq), _F32),
-            jnp.zeros((B, K, R, g.bq, E), _F32),
+            jnp.full_like(q_i[..., 0], -jnp.inf, _F32),
+            jnp.zeros_like(q_i[..., 0], _F32),
+            jnp.zeros_like(q_i, _F32),
         )
         state = lax.fori_loop(0, n_full, key_step(False), state)
         m, l, acc = lax.fori_loop(n_full, n_seen, key_step(True), state)
@@ -152,18 +156,14 @@ def _forward(q, k, v, starts_B, scale, block, garbage_rows):
         return o_buf, lse_buf
 
     o, lse = lax.fori_loop(
-        0,
-        g.nq,
-        query_block,
-        (jnp.zeros((B, K, R, g.Tp, E), q.dtype), jnp.zeros((B, K, R, g.Tp), _F32)),
+        0, g.nq, query_block, (jnp.zeros_like(q), jnp.zeros_like(q[..., 0], _F32))
     )
     return o[:, :, :, :T], lse[:, :, :, :T]
 
 
 def _backward(q, k, v, starts_B, o, lse, do, scale, block, garbage_rows):
-    B, K, R, T, E = q.shape
-    S = k.shape[2]
-    g = _Geometry(T, S, block, starts_B, B)
+    T, S = q.shape[3], k.shape[2]
+    g = _Geometry(T, S, block, starts_B)
     delta = jnp.sum(do.astype(_F32) * o.astype(_F32), axis=-1)  # [B, K, R, T]
     q, do = _pad_to(q, 3, g.Tp), _pad_to(do, 3, g.Tp)
     lse, delta = _pad_to(lse, 3, g.Tp), _pad_to(delta, 3, g.Tp)
@@ -198,7 +198,7 @@ def _backward(q, k, v, starts_B, o, lse, do, scale, block, garbage_rows):
             return step
 
         first, first_full = g.query_blocks(j)
-        zeros_kv = jnp.zeros((B, K, g.bk, E), _F32)
+        zeros_kv = jnp.zeros_like(k_j, _F32)
         state = (dq, zeros_kv, zeros_kv)
         state = lax.fori_loop(first, first_full, query_step(True), state)
         dq, dk_j, dv_j = lax.fori_loop(first_full, g.nq, query_step(False), state)
@@ -210,11 +210,7 @@ def _backward(q, k, v, starts_B, o, lse, do, scale, block, garbage_rows):
         0,
         g.nk,
         key_block,
-        (
-            jnp.zeros((B, K, R, g.Tp, E), _F32),
-            jnp.zeros((B, K, g.Sp, E), _F32),
-            jnp.zeros((B, K, g.Sp, E), _F32),
-        ),
+        (jnp.zeros_like(q, _F32), jnp.zeros_like(k, _F32), jnp.zeros_like(v, _F32)),
     )
     return (
         (dq[:, :, :, :T] * scale).astype(q.dtype),
