@@ -1,18 +1,25 @@
-"""Plain causal attention with the whole score matrix: the oracle for the O(L) forms.
+"""Plain causal attention with whole score matrices: the oracle for the O(L) forms, and the
+form the models used before them (kept reachable as `implementation="reference"`).
 
-Both functions build the full [T, S] scores per head (quadratic memory) and take the softmax
-in float32. Query head h reads key/value head h // (H // K) (grouped-query attention; K/V are
-indexed, never repeated).
+Both build [T, S] scores per head (quadratic memory). Query head h reads key/value head
+h // (H // K) (grouped-query attention).
 
-  causal_attention_reference  whole sequences: query t sees keys 0 .. t.
+  causal_attention_reference  whole sequences: query t sees keys 0 .. t. By query blocks (at
+                              least 256 queries, at most 16 blocks) against the keys up to
+                              the block's end, through `jax.nn.dot_product_attention` with a
+                              boolean mask — the masked upper triangle of blocks is skipped,
+                              the rest is dense (scores and probabilities saved for the
+                              backward: O(L²) memory).
   prefill_attention_reference a block of T queries continuing a KV cache: query t of
                               sequence b sits at position offsets[b] + t and sees cache rows
                               0 .. offsets[b] + t. Rows at or past offsets[b] + T may hold
                               garbage (even NaN); they are masked in the scores and the values.
+                              Full [T, S] scores with the softmax in float32.
 """
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 __all__ = ["causal_attention_reference", "prefill_attention_reference"]
@@ -33,18 +40,28 @@ def _attend(q_BxTxHxE, k_BxKxSxE, v_BxKxSxE, visible_BxTxS, valid_BxS, scale):
     return o_BxTxKxRxE.reshape(B, T, H, E).astype(q_BxTxHxE.dtype)
 
 
+QUERY_BLOCK = 256  # minimum query block of the reference whole-sequence attention
+
+
 def causal_attention_reference(q_BxLxHxE, k_BxLxKxE, v_BxLxKxE, *, scale):
-    """softmax(q·kᵀ·scale + causal mask)·v with the full L×L scores; output in q's dtype."""
-    B, L = q_BxLxHxE.shape[:2]
-    visible_LxL = jnp.arange(L)[None, :] <= jnp.arange(L)[:, None]
-    return _attend(
-        q_BxLxHxE,
-        jnp.swapaxes(k_BxLxKxE, 1, 2),
-        jnp.swapaxes(v_BxLxKxE, 1, 2),
-        jnp.broadcast_to(visible_LxL, (B, L, L)),
-        jnp.ones((B, L), bool),
-        scale,
-    )
+    """softmax(q·kᵀ·scale + causal mask)·v by dense query blocks; output in q's dtype."""
+    L = q_BxLxHxE.shape[1]
+    block = max(QUERY_BLOCK, -(-L // 16))
+    outs = []
+    for start in range(0, L, block):
+        stop = min(start + block, L)
+        mask_TxS = jnp.arange(stop)[None, :] <= jnp.arange(start, stop)[:, None]
+        outs.append(
+            jax.nn.dot_product_attention(
+                q_BxLxHxE[:, start:stop],
+                k_BxLxKxE[:, :stop],
+                v_BxLxKxE[:, :stop],
+                scale=scale,
+                mask=mask_TxS[None, None],
+                implementation="xla",
+            )
+        )
+    return jnp.concatenate(outs, axis=1)
 
 
 def prefill_attention_reference(q_BxTxHxE, k_cache_BxKxSxE, v_cache_BxKxSxE, offsets_B, *, scale):
