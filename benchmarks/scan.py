@@ -317,9 +317,9 @@ def _auto_form(row) -> str:
     """What `implementation="auto"` runs for this row's shape on this machine."""
     if _dispatch.platform() != "cpu":
         return "pallas"
-    if row["kernel"] == "selective_scan" or row["state_size"] <= api._CPU_SSD_SEQUENTIAL_GRAD_MAX:
+    if row["passes"] == "forward":
         return "lax.scan (the same computation as the lax.scan row)"
-    return "lax.scan forward; backward recomputed through the chunked SSD"
+    return "lax.scan forward keeping chunk start states; backward chunk by chunk in reverse"
 
 
 def _auto_check(rows):
@@ -344,7 +344,9 @@ def _auto_check(rows):
                     associative_scan_ms=1e3 * sel.get("associative_scan", np.nan),
                     speedup_vs_best=best / sel["auto"],
                     auto_at_least_as_fast=bool(sel["auto"] <= best * 1.05),
-                    auto_runs=_auto_form(next(r for r in rows if r["shape"] == shape)),
+                    auto_runs=_auto_form(
+                        next(r for r in rows if r["shape"] == shape and r["passes"] == passes)
+                    ),
                 )
             )
     return out

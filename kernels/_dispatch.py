@@ -88,7 +88,8 @@ def select(
         raise TypeError(f"{kernel}: interpret must be a bool, got {interpret!r}")
     if interpret_target not in TARGETS:
         raise ValueError(f"{kernel}: interpret_target must be one of {tuple(TARGETS)}")
-    xla_fn = _xla_form(xla)
+    xla_forms, xla_default = _xla_forms(xla)
+    xla_fn = _per_platform(xla_forms, xla_default) if xla_forms else xla_default
     if implementation == "xla":
         return xla_fn
     if interpret:
@@ -106,7 +107,7 @@ def select(
         branches = {
             name: pallas(target)
             if problems[target] is None
-            else _unavailable(xla_fn, _cannot_run(kernel, problems[target]))
+            else _unavailable(xla_default, _cannot_run(kernel, problems[target]))
             for target, names in TARGETS.items()
             for name in names
         }
@@ -114,8 +115,8 @@ def select(
             f"{kernel}: implementation='pallas' needs a GPU or TPU; on other platforms pass "
             "interpret=True (slow, for tests) or use implementation='xla' or 'auto'."
         )
-        return _per_platform(branches, default=_unavailable(xla_fn, other))
-    branches = {}
+        return _per_platform(branches, default=_unavailable(xla_default, other))
+    branches = dict(xla_forms)
     here = platform()
     for target, names in TARGETS.items():
         if problems[target] is not None and here == target:
@@ -124,9 +125,9 @@ def select(
                 f"({problems[target]}); 'auto' uses XLA"
             )
         for name in names:
-            branches[name] = pallas(target) if problems[target] is None else xla_fn
-    branches["cpu"] = xla_fn
-    return _per_platform(branches, default=xla_fn)
+            if problems[target] is None:
+                branches[name] = pallas(target)
+    return _per_platform(branches, default=xla_default)
 
 
 def _cannot_run(kernel, problem):
@@ -136,16 +137,15 @@ def _cannot_run(kernel, problem):
     )
 
 
-def _xla_form(xla):
+def _xla_forms(xla):
+    """(per-platform XLA forms without the default, the default form)."""
     if callable(xla):
-        return xla
+        return {}, xla
     forms = dict(xla)
     if "default" not in forms:
         raise ValueError("xla forms need a 'default' entry")
-    if len(set(map(id, forms.values()))) == 1:
-        return forms["default"]
     default = forms.pop("default")
-    return _per_platform(forms, default=default)
+    return forms, default
 
 
 def _per_platform(branches: dict, default: Callable) -> Callable:
