@@ -13,7 +13,8 @@ h // (H // K) (grouped-query attention).
   prefill_attention_reference a block of T queries continuing a KV cache: query t of
                               sequence b sits at position offsets[b] + t and sees cache rows
                               0 .. offsets[b] + t. Rows at or past offsets[b] + T may hold
-                              garbage (even NaN); they are masked in the scores and the values.
+                              garbage (even NaN); they are zeroed in the keys and values and
+                              masked in the scores (so no NaN reaches any gradient).
                               Full [T, S] scores with the softmax in float32.
 """
 
@@ -29,8 +30,9 @@ def _attend(q_BxTxHxE, k_BxKxSxE, v_BxKxSxE, visible_BxTxS, valid_BxS, scale):
     B, T, H, E = q_BxTxHxE.shape
     K = k_BxKxSxE.shape[1]
     q_BxTxKxRxE = q_BxTxHxE.reshape(B, T, K, H // K, E).astype(jnp.float32)
+    k = jnp.where(valid_BxS[:, None, :, None], k_BxKxSxE.astype(jnp.float32), 0.0)
     v = jnp.where(valid_BxS[:, None, :, None], v_BxKxSxE.astype(jnp.float32), 0.0)
-    s_BxKxRxTxS = jnp.einsum("btkre,bkse->bkrts", q_BxTxKxRxE, k_BxKxSxE.astype(jnp.float32))
+    s_BxKxRxTxS = jnp.einsum("btkre,bkse->bkrts", q_BxTxKxRxE, k)
     s_BxKxRxTxS = jnp.where(visible_BxTxS[:, None, None], s_BxKxRxTxS * scale, -jnp.inf)
     m = jnp.max(s_BxKxRxTxS, axis=-1, keepdims=True)
     p = jnp.exp(s_BxKxRxTxS - jnp.where(jnp.isfinite(m), m, 0.0))
