@@ -82,7 +82,7 @@ def test_compiled_memory_grows_linearly_at_a_moderate_length():
     `python -m benchmarks.memory`)."""
     new_256, new_1024 = _small_gpt2(256), _small_gpt2(1024)
     assert new_1024 <= 4.5 * new_256, (new_256, new_1024)
-    # the one chunk of logits (328 rows x V, its softmax and gradient) bounds what is left
+    # one chunk of logits (333 positions x V), its softmax and gradient bound what is left
     assert new_1024 <= 0.25 * GiB, new_1024 / GiB
 
 

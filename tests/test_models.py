@@ -415,7 +415,7 @@ def test_gaussian_head_std_floor_and_initial_std():
 # ----------------------------------------------------------------------------- O(L) paths
 # The new paths (blockwise attention, fused token head) against the old ones (the quadratic
 # reference attention, log-softmax of the full logits), outputs and parameter gradients.
-# Attention blocks and loss chunks of 8 rows; with B = 2 the loss sees 2·L rows.
+# Attention blocks and loss chunks of 8 positions (batch B = 2).
 NEW_OLD_BLOCK = 8
 
 
@@ -468,7 +468,7 @@ def _leaf(tree, path):
 
 
 def test_new_paths_equal_the_old_at_a_ragged_length():
-    # llama (GQA, rotary): 21 = 2 blocks + 5 (attention), 42 rows = 5 chunks + 2 (loss). The
+    # llama (GQA, rotary): 21 positions = 2 blocks (attention) or chunks (loss) + 5. The
     # SSMs differ from the old form only in the head, checked alone below; every architecture
     # at every length (and bf16) runs under -m slow.
     _assert_new_equals_old(CONFIGS["llama"], 21)

@@ -37,7 +37,7 @@ from l2m_jax.models import _layers
 __all__ = ["LOGIT_CHUNK_ELEMENTS", "STD_FLOOR", "GaussianPrediction"]
 
 STD_FLOOR = 1e-3
-# Logits per chunk of the fused token head (rows = this // V): 64 MiB of float32 logits.
+# Logits per chunk of the fused token head (B x chunk x V): 64 MiB of float32 logits.
 LOGIT_CHUNK_ELEMENTS = 1 << 24
 _SOFTPLUS_INV_1 = math.log(math.e - 1.0)  # softplus(x) = 1 at this x
 
@@ -168,87 +168,94 @@ def _logits(x_NxD, w, tied, dtype):
 
 
 def _chunked(a, chunk):
-    """a [N, ...] -> [N / chunk, chunk, ...], zero-padded at the end."""
-    n = -(-a.shape[0] // chunk)
-    a = jnp.pad(a, [(0, n * chunk - a.shape[0])] + [(0, 0)] * (a.ndim - 1))
-    return a.reshape(n, chunk, *a.shape[1:])
+    """a [B, L, ...] -> [L / chunk, B, chunk, ...], zero-padded at the end of L (the batch
+    axis stays whole, so a batch sharded over devices stays sharded)."""
+    B, L = a.shape[:2]
+    n = -(-L // chunk)
+    a = jnp.pad(a, [(0, 0), (0, n * chunk - L)] + [(0, 0)] * (a.ndim - 2))
+    return jnp.moveaxis(a.reshape(B, n, chunk, *a.shape[2:]), 1, 0)
 
 
-def _unchunked(a, N):
-    return a.reshape(-1, *a.shape[2:])[:N]
+def _unchunked(a, L):
+    n, B, chunk = a.shape[:3]
+    return jnp.moveaxis(a, 0, 1).reshape(B, n * chunk, *a.shape[3:])[:, :L]
 
 
-def _fused_forward(x_NxD, w, targets_N, chunk, tied, dtype):
+def _dot(spec, a, b):
+    return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
+
+
+def _fused_forward(x_BxLxD, w, targets_BxL, chunk, tied, dtype):
     def body(_, xs):
-        x_CxD, t_C = xs
-        logits_CxV = _logits(x_CxD, w, tied, dtype)
-        lse_C = jax.nn.logsumexp(logits_CxV, axis=-1)
-        picked_C = jnp.take_along_axis(logits_CxV, t_C[:, None], axis=-1)[:, 0]
-        return None, (picked_C - lse_C, lse_C)
+        x_BxCxD, t_BxC = xs
+        logits_BxCxV = _logits(x_BxCxD, w, tied, dtype)
+        lse_BxC = jax.nn.logsumexp(logits_BxCxV, axis=-1)
+        picked_BxC = jnp.take_along_axis(logits_BxCxV, t_BxC[..., None], axis=-1)[..., 0]
+        return None, (picked_BxC - lse_BxC, lse_BxC)
 
-    N = x_NxD.shape[0]
-    _, (logp, lse) = lax.scan(body, None, (_chunked(x_NxD, chunk), _chunked(targets_N, chunk)))
-    return _unchunked(logp, N), _unchunked(lse, N)
+    L = x_BxLxD.shape[1]
+    xs = (_chunked(x_BxLxD, chunk), _chunked(targets_BxL, chunk))
+    _, (logp, lse) = lax.scan(body, None, xs)
+    return _unchunked(logp, L), _unchunked(lse, L)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def _fused_logprobs(x_NxD, w, targets_N, chunk, tied, dtype):
-    return _fused_forward(x_NxD, w, targets_N, chunk, tied, dtype)[0]
+def _fused_logprobs(x_BxLxD, w, targets_BxL, chunk, tied, dtype):
+    return _fused_forward(x_BxLxD, w, targets_BxL, chunk, tied, dtype)[0]
 
 
-def _fused_fwd(x_NxD, w, targets_N, chunk, tied, dtype):
-    logp, lse = _fused_forward(x_NxD, w, targets_N, chunk, tied, dtype)
-    return logp, (x_NxD, w, targets_N, lse)
+def _fused_fwd(x_BxLxD, w, targets_BxL, chunk, tied, dtype):
+    logp, lse = _fused_forward(x_BxLxD, w, targets_BxL, chunk, tied, dtype)
+    return logp, (x_BxLxD, w, targets_BxL, lse)
 
 
-def _fused_bwd(chunk, tied, dtype, residuals, g_N):
-    """d logp_n / d logits_n = onehot(target_n) − softmax_n: recomputed chunk by chunk from the
-    saved log-sum-exp; dW accumulates in the loop carry (float32)."""
-    x_NxD, w, targets_N, lse_N = residuals
-    N = x_NxD.shape[0]
+def _fused_bwd(chunk, tied, dtype, residuals, g_BxL):
+    """d logp / d logits = onehot(target) − softmax: recomputed chunk by chunk from the saved
+    log-sum-exp; dW accumulates in the loop carry (float32)."""
+    x_BxLxD, w, targets_BxL, lse_BxL = residuals
+    L = x_BxLxD.shape[1]
     w_op = w.astype(dtype)
 
     def body(dw, xs):
-        x_CxD, t_C, lse_C, g_C = xs
-        logits_CxV = _logits(x_CxD, w, tied, dtype)
-        p_CxV = jnp.exp(logits_CxV - lse_C[:, None])
-        hit_CxV = jnp.arange(logits_CxV.shape[1])[None, :] == t_C[:, None]
-        dlogits_CxV = (g_C[:, None] * (hit_CxV.astype(jnp.float32) - p_CxV)).astype(dtype)
-        if tied:
-            dx_CxD = jnp.einsum("cv,vd->cd", dlogits_CxV, w_op, preferred_element_type=jnp.float32)
-            dw_c = jnp.einsum(
-                "cv,cd->vd", dlogits_CxV, x_CxD.astype(dtype), preferred_element_type=jnp.float32
-            )
-        else:
-            dx_CxD = jnp.einsum("cv,dv->cd", dlogits_CxV, w_op, preferred_element_type=jnp.float32)
-            dw_c = jnp.einsum(
-                "cd,cv->dv", x_CxD.astype(dtype), dlogits_CxV, preferred_element_type=jnp.float32
-            )
-        return dw + dw_c, dx_CxD
+        x_BxCxD, t_BxC, lse_BxC, g_BxC = xs
+        logits_BxCxV = _logits(x_BxCxD, w, tied, dtype)
+        p_BxCxV = jnp.exp(logits_BxCxV - lse_BxC[..., None])
+        hit_BxCxV = jnp.arange(logits_BxCxV.shape[-1])[None, None] == t_BxC[..., None]
+        dlogits = (g_BxC[..., None] * (hit_BxCxV.astype(jnp.float32) - p_BxCxV)).astype(dtype)
+        x_op = x_BxCxD.astype(dtype)
+        if tied:  # w [V, D]
+            dx_BxCxD, dw_c = _dot("bcv,vd->bcd", dlogits, w_op), _dot("bcv,bcd->vd", dlogits, x_op)
+        else:  # w [D, V]
+            dx_BxCxD, dw_c = _dot("bcv,dv->bcd", dlogits, w_op), _dot("bcd,bcv->dv", x_op, dlogits)
+        return dw + dw_c, dx_BxCxD
 
-    xs = tuple(_chunked(a, chunk) for a in (x_NxD, targets_N, lse_N, g_N.astype(jnp.float32)))
+    xs = tuple(
+        _chunked(a, chunk) for a in (x_BxLxD, targets_BxL, lse_BxL, g_BxL.astype(jnp.float32))
+    )
     dw, dx = lax.scan(body, jnp.zeros(w.shape, jnp.float32), xs)
-    return _unchunked(dx, N).astype(x_NxD.dtype), dw.astype(w.dtype), None
+    return _unchunked(dx, L).astype(x_BxLxD.dtype), dw.astype(w.dtype), None
 
 
 _fused_logprobs.defvjp(_fused_fwd, _fused_bwd)
 
 
-def logit_chunk(vocab_size: int, rows: int) -> int:
-    """Positions per chunk of the fused head: LOGIT_CHUNK_ELEMENTS logits, at most `rows`."""
-    return max(1, min(rows, LOGIT_CHUNK_ELEMENTS // vocab_size))
+def logit_chunk(vocab_size: int, batch: int, length: int) -> int:
+    """Positions per chunk of the fused head: about LOGIT_CHUNK_ELEMENTS logits per chunk
+    (batch x chunk x V), at most `length`."""
+    return max(1, min(length, LOGIT_CHUNK_ELEMENTS // (vocab_size * batch)))
 
 
 def token_logprobs(config, params, x_BxLxD, targets_BxL, *, chunk_size=None):
     """log softmax(x @ unembedding)[target] per position, float32 [B, L], without the logits.
 
-    The unembedding and the log-softmax run over chunks of `chunk_size` positions (default
-    `logit_chunk`) in the forward and, by a `custom_vjp` recomputing each chunk's logits from
-    the saved log-sum-exp, in the backward: memory O(chunk · V) instead of O(B · L · V).
+    The unembedding and the log-softmax run over chunks of `chunk_size` positions of every
+    sequence (default `logit_chunk`) in the forward and, by a `custom_vjp` recomputing each
+    chunk's logits from the saved log-sum-exp, in the backward: memory O(B · chunk · V)
+    instead of O(B · L · V).
     """
     if config.head != "tokens":
         raise ValueError(f"token_logprobs needs head='tokens', got head={config.head!r}")
-    B, L, D = x_BxLxD.shape
+    B, L, _ = x_BxLxD.shape
     if targets_BxL.shape != (B, L) or not jnp.issubdtype(targets_BxL.dtype, jnp.integer):
         raise ValueError(
             f"targets_BxL must be integer tokens of shape ({B}, {L}), got {targets_BxL.dtype} "
@@ -265,15 +272,8 @@ def token_logprobs(config, params, x_BxLxD, targets_BxL, *, chunk_size=None):
             f"(min {values.min()}, max {values.max()})"
         )
     if chunk_size is None:
-        chunk_size = logit_chunk(config.vocab_size, B * L)
+        chunk_size = logit_chunk(config.vocab_size, B, L)
     _layers.check_positive("chunk_size", chunk_size)
     w, tied = _unembedding(config, params)
-    logp_N = _fused_logprobs(
-        x_BxLxD.reshape(B * L, D),
-        w,
-        targets_BxL.reshape(B * L).astype(jnp.int32),
-        int(chunk_size),
-        tied,
-        config.dtype,
-    )
-    return logp_N.reshape(B, L)
+    targets_BxL = targets_BxL.astype(jnp.int32)
+    return _fused_logprobs(x_BxLxD, w, targets_BxL, int(chunk_size), tied, config.dtype)
