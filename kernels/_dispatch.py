@@ -14,7 +14,9 @@ The form is chosen by the platform the computation is *lowered for*
 (`jax.lax.platform_dependent`), not by `jax.default_backend()`: one jitted function lowers with
 the TPU kernels for `lowering_platforms=("tpu",)`, with the GPU kernels for `("cuda",)` and with
 the XLA forms for CPU, in forward and backward (each form is its own `custom_vjp`; the
-derivative of the platform switch is the derivative of the branch that is kept).
+derivative of the platform switch is the derivative of the branch that is kept). Only the
+platforms this process has are traced (tracing kernels never lowered costs time); to lower for
+another one from here, trace inside `lowering_for("tpu")` (kernels._lowering.lower does).
 
   "xla"     the plain-JAX form of the platform (`xla` may name one per platform).
   "pallas"  the Pallas kernel of the platform (TPU form on TPU, GPU form on CUDA). Where none
@@ -29,6 +31,8 @@ derivative of the platform switch is the derivative of the branch that is kept).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import logging
 from collections.abc import Callable, Mapping
@@ -37,7 +41,21 @@ import jax
 from jax.extend import core as jex_core
 from jax.interpreters import batching, mlir
 
-__all__ = ["IMPLEMENTATIONS", "TARGETS", "compiler_params", "next_pow2", "platform", "select"]
+try:  # public in jax 0.10; kept importable across versions
+    from jax.core import ShapedArray, Tracer
+except ImportError:  # pragma: no cover
+    from jax._src.core import ShapedArray, Tracer
+
+__all__ = [
+    "IMPLEMENTATIONS",
+    "TARGETS",
+    "compiler_params",
+    "lowering_for",
+    "next_pow2",
+    "platform",
+    "select",
+    "traced_platforms",
+]
 
 IMPLEMENTATIONS = ("auto", "xla", "pallas")
 # Pallas kernel forms and the lowering platforms that build them.
@@ -89,9 +107,10 @@ def select(
     if interpret_target not in TARGETS:
         raise ValueError(f"{kernel}: interpret_target must be one of {tuple(TARGETS)}")
     xla_forms, xla_default = _xla_forms(xla)
-    xla_fn = _per_platform(xla_forms, xla_default) if xla_forms else xla_default
+    xla_for = lambda name: xla_forms.get(name, xla_default)
+    platforms = traced_platforms()
     if implementation == "xla":
-        return xla_fn
+        return _switch({name: xla_for(name) for name in platforms}, xla_default)
     if interpret:
         problem = unsupported(interpret_target)
         if problem is None:
@@ -99,35 +118,42 @@ def select(
         if implementation == "pallas":
             raise ValueError(_cannot_run(kernel, problem))
         _warn_once(f"{kernel}: the Pallas kernel cannot run these arguments ({problem}); using XLA")
-        return xla_fn
+        return _switch({name: xla_for(name) for name in platforms}, xla_default)
     problems = {target: unsupported(target) for target in TARGETS}
     if implementation == "pallas":
         if all(problems.values()):
             raise ValueError(_cannot_run(kernel, "; ".join(sorted(set(problems.values())))))
-        branches = {
-            name: pallas(target)
-            if problems[target] is None
-            else _unavailable(xla_default, _cannot_run(kernel, problems[target]))
-            for target, names in TARGETS.items()
-            for name in names
-        }
-        other = (
+        other = _unavailable(
+            xla_default,
             f"{kernel}: implementation='pallas' needs a GPU or TPU; on other platforms pass "
-            "interpret=True (slow, for tests) or use implementation='xla' or 'auto'."
+            "interpret=True (slow, for tests) or use implementation='xla' or 'auto'. (To lower "
+            "for an accelerator this process does not have, trace inside "
+            "kernels._dispatch.lowering_for(platform); kernels._lowering.lower does.)",
         )
-        return _per_platform(branches, default=_unavailable(xla_default, other))
-    branches = dict(xla_forms)
+
+        def pallas_branch(name):
+            target = _TARGET_OF.get(name)
+            if target is None:
+                return other
+            if problems[target] is not None:
+                return _unavailable(xla_default, _cannot_run(kernel, problems[target]))
+            return pallas(target)
+
+        return _switch({name: pallas_branch(name) for name in platforms}, other)
     here = platform()
-    for target, names in TARGETS.items():
-        if problems[target] is not None and here == target:
-            _warn_once(
-                f"{kernel}: the {target} Pallas kernel cannot run these arguments "
-                f"({problems[target]}); 'auto' uses XLA"
-            )
-        for name in names:
-            if problems[target] is None:
-                branches[name] = pallas(target)
-    return _per_platform(branches, default=xla_default)
+    if here in TARGETS and problems[here] is not None:
+        _warn_once(
+            f"{kernel}: the {here} Pallas kernel cannot run these arguments "
+            f"({problems[here]}); 'auto' uses XLA"
+        )
+
+    def auto_branch(name):
+        target = _TARGET_OF.get(name)
+        if target is None or problems[target] is not None:
+            return xla_for(name)
+        return pallas(target)
+
+    return _switch({name: auto_branch(name) for name in platforms}, xla_default)
 
 
 def _cannot_run(kernel, problem):
@@ -148,13 +174,62 @@ def _xla_forms(xla):
     return forms, default
 
 
-def _per_platform(branches: dict, default: Callable) -> Callable:
-    """`lax.platform_dependent` over `branches` (lowering platform name -> function)."""
+def _switch(branches: dict, default: Callable) -> Callable:
+    """`lax.platform_dependent` over `branches` (lowering platform name -> function); the
+    function itself where every traced platform takes the same one."""
+    forms = list(dict.fromkeys(branches.values()))
+    if len(forms) == 1:
+        return forms[0]
 
     def run(*args):
         return jax.lax.platform_dependent(*args, default=default, **branches)
 
     return run
+
+
+# ----------------------------------------------------------------------------- platforms
+# Which platforms' forms are traced: those of the backends this process has (CPU always), and
+# any requested with `lowering_for` — tracing the Pallas kernels of platforms a computation
+# will never be lowered for would only cost time. A platform that is neither gets the form of
+# the process's own platform(s).
+
+_TARGET_OF = {name: target for target, names in TARGETS.items() for name in names}
+_REQUESTED: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar(
+    "kernels_lowering_for", default=()
+)
+
+
+@functools.cache
+def _host_platforms() -> tuple[str, ...]:
+    names = ["cpu"]
+    for name in ("cuda", "rocm", "tpu"):
+        try:
+            if jax.devices(name):
+                names.append(name)
+        except RuntimeError:  # no such backend in this process
+            pass
+    return tuple(names)
+
+
+def traced_platforms() -> tuple[str, ...]:
+    """Lowering platforms whose kernel forms `select` traces (see `lowering_for`)."""
+    return tuple(dict.fromkeys(_host_platforms() + _REQUESTED.get()))
+
+
+@contextlib.contextmanager
+def lowering_for(*platforms: str):
+    """Traces the forms of `platforms` ("tpu", "cuda", "rocm", "cpu") too, so that what is
+    traced inside can be lowered for them (`.lower(lowering_platforms=...)`) from a host that
+    lacks them. Trace a fresh function inside (jit caches what it traced before)."""
+    known = ("cpu", "cuda", "rocm", "tpu")
+    for name in platforms:
+        if name not in known:
+            raise ValueError(f"lowering_for: {name!r} is not one of {known}")
+    token = _REQUESTED.set(tuple(dict.fromkeys(_REQUESTED.get() + platforms)))
+    try:
+        yield
+    finally:
+        _REQUESTED.reset(token)
 
 
 # ----------------------------------------------------------------------------- unavailable
@@ -192,7 +267,7 @@ batching.primitive_batchers[_unavailable_p] = _unavailable_batching
 
 def _bind_unavailable(message, args, like):
     leaves, tree = jax.tree.flatten(like)
-    avals = tuple(jax.core.ShapedArray(a.shape, a.dtype) for a in leaves)
+    avals = tuple(ShapedArray(a.shape, a.dtype) for a in leaves)
     return jax.tree.unflatten(tree, _unavailable_p.bind(*args, out_avals=avals, message=message))
 
 
@@ -210,7 +285,7 @@ def _unavailable(xla_fn: Callable, message: str) -> Callable:
     branch.defvjp(fwd, bwd)
 
     def run(*args):
-        if not any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves(args)):
+        if not any(isinstance(a, Tracer) for a in jax.tree.leaves(args)):
             raise ValueError(message)  # outside jit: the platform is known now
         return branch(*args)
 

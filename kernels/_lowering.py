@@ -19,6 +19,8 @@ from typing import NamedTuple
 
 import jax
 
+from kernels import _dispatch
+
 __all__ = ["KernelCall", "fake_tpu_chip", "kernel_calls", "lower"]
 
 PLATFORMS = ("tpu", "cuda", "cpu")
@@ -36,6 +38,9 @@ class KernelCall(NamedTuple):
     name: str  # the `name=` given to `pl.pallas_call`
 
 
+_TPU_KINDS = ("TPU v4", "TPU v5 lite", "TPU v5e", "TPU v5", "TPU v5p", "TPU v6 lite", "TPU v6e")
+
+
 @contextlib.contextmanager
 def fake_tpu_chip(device_kind: str = "TPU v5p") -> Iterator[None]:
     """While active, Mosaic's TPU lowering sees the chip `device_kind` on a non-TPU host.
@@ -43,28 +48,42 @@ def fake_tpu_chip(device_kind: str = "TPU v5p") -> Iterator[None]:
     The lowering asks for the chip's generation and tile sizes (e.g. to pick a lowering of
     `sign` or of integer division); on a CPU host there is none. This registers the named
     chip for the host's device kind in `jax._src.pallas.mosaic.tpu_info` (the registry JAX
-    keeps for device kinds it does not know) and removes it afterwards.
+    keeps for device kinds it does not know; where this JAX has no per-chip constructor, the
+    device kind that module reads is replaced instead) and undoes it afterwards.
     """
     from jax._src.pallas.mosaic import tpu_info
 
-    chip = tpu_info.chip_version_from_device_kind(device_kind)
-    if chip is None:
-        raise ValueError(f"device_kind={device_kind!r} is not a TPU that JAX knows")
+    if device_kind not in _TPU_KINDS:
+        raise ValueError(f"device_kind={device_kind!r} is not one of {_TPU_KINDS}")
     host_kind = jax.devices()[0].device_kind
-    if tpu_info.chip_version_from_device_kind(host_kind) is not None:
+    if host_kind.startswith("TPU"):
         yield  # a real TPU: nothing to fake
         return
-    registry = tpu_info.registry
-    previous = registry.get(host_kind)
-    registry[host_kind] = lambda: tpu_info.get_tpu_info_for_chip(chip, 1)
+    undo = []
+    for_chip = getattr(tpu_info, "get_tpu_info_for_chip", None)
+    from_kind = getattr(tpu_info, "chip_version_from_device_kind", None)
+    if for_chip is not None and from_kind is not None and hasattr(tpu_info, "registry"):
+        chip = from_kind(device_kind)
+        previous = tpu_info.registry.get(host_kind)
+        tpu_info.registry[host_kind] = lambda: for_chip(chip, 1)
+        undo.append(
+            (lambda: tpu_info.registry.pop(host_kind, None))
+            if previous is None
+            else (lambda: tpu_info.registry.__setitem__(host_kind, previous))
+        )
+    else:  # older layouts: the info is built from the device kind the module reads
+        owner = tpu_info if hasattr(tpu_info, "get_device_kind") else tpu_info.core
+        for name, value in (("get_device_kind", device_kind), ("get_num_device_cores", 1)):
+            if hasattr(owner, name):
+                original = getattr(owner, name)
+                setattr(owner, name, lambda value=value: value)
+                undo.append(lambda owner=owner, name=name, f=original: setattr(owner, name, f))
     _clear_tpu_info_cache(tpu_info)
     try:
         yield
     finally:
-        if previous is None:
-            registry.pop(host_kind, None)
-        else:
-            registry[host_kind] = previous
+        for step in reversed(undo):
+            step()
         _clear_tpu_info_cache(tpu_info)
 
 
@@ -82,8 +101,9 @@ def lower(fn: Callable, *args, platform: str, device_kind: str = "TPU v5p", **kw
     """
     if platform not in PLATFORMS:
         raise ValueError(f"platform must be one of {PLATFORMS}, got {platform!r}")
-    jitted = jax.jit(lambda *a: fn(*a, **kwargs))
-    traced = jitted.trace(*args)
+    jitted = jax.jit(lambda *a: fn(*a, **kwargs))  # a fresh function: nothing cached
+    with _dispatch.lowering_for(platform):
+        traced = jitted.trace(*args)
     chip = fake_tpu_chip(device_kind) if platform == "tpu" else contextlib.nullcontext()
     with chip:
         return traced.lower(lowering_platforms=(platform,)).as_text()

@@ -1,4 +1,5 @@
-"""Models give the same numbers through the XLA path and the Pallas kernels (interpret mode)."""
+"""Models give the same numbers through the XLA path and the Pallas kernels (interpret mode on
+CPU; the native kernels on a GPU or TPU)."""
 
 import dataclasses
 
@@ -7,7 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from kernels import _dispatch
 from l2m_jax import models
+
+INTERPRET = _dispatch.platform() == "cpu"
 
 FAST_COMPILE = {"xla_backend_optimization_level": 0}  # see tests/test_kernels_scan.py
 
@@ -28,7 +32,7 @@ def _rel_err(got, want):
 def test_ssm_forward_and_gradients_match(name, grads):
     """Whole-sequence logits and parameter gradients of the NLL: xla vs pallas (interpret)."""
     cfg_xla = models.preset(name, implementation="xla")
-    cfg_pallas = dataclasses.replace(cfg_xla, implementation="pallas", interpret=True)
+    cfg_pallas = dataclasses.replace(cfg_xla, implementation="pallas", interpret=INTERPRET)
     params = models.init(cfg_xla, jax.random.key(0))
     # 21 positions: more than one SSD chunk (mamba2-tiny has chunk_size 16), not a multiple.
     tokens = jax.random.randint(jax.random.key(1), (2, 21), 0, cfg_xla.vocab_size)
@@ -64,7 +68,7 @@ def _get(tree, path):
 def test_decoding_matches(name):
     """Prefill then token-by-token decoding (KV cache / recurrent state): xla vs pallas."""
     cfg_xla = models.preset(name, implementation="xla")
-    cfg_pallas = dataclasses.replace(cfg_xla, implementation="pallas", interpret=True)
+    cfg_pallas = dataclasses.replace(cfg_xla, implementation="pallas", interpret=INTERPRET)
     params = models.init(cfg_xla, jax.random.key(2))
     tokens = jax.random.randint(jax.random.key(3), (2, 12), 0, cfg_xla.vocab_size)
 

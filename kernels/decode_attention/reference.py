@@ -8,9 +8,13 @@ KV head h // (H // K)).
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
+
+try:  # public in jax 0.10; kept importable across versions
+    from jax.core import Tracer
+except ImportError:  # pragma: no cover
+    from jax._src.core import Tracer
 
 __all__ = ["append_kv", "decode_attention_reference"]
 
@@ -35,7 +39,7 @@ def append_kv(k_cache_BxKxSxE, v_cache_BxKxSxE, k_BxKxE, v_BxKxE, lengths_B):
     for name, a in (("k_BxKxE", k_BxKxE), ("v_BxKxE", v_BxKxE)):
         if tuple(a.shape) != (B, K, E):
             raise ValueError(f"{name} has shape {tuple(a.shape)}; expected [B={B}, K={K}, E={E}]")
-    if not isinstance(lengths_B, jax.core.Tracer):
+    if not isinstance(lengths_B, Tracer):
         lengths = np.asarray(lengths_B)
         bad = np.flatnonzero((lengths < 0) | (lengths >= S))
         if bad.size:

@@ -94,7 +94,8 @@ class SSDBlocks:
             nc = -(-L // T)
             heads = next((d for d in _divisors_desc(R) if B * nc * (H // d) >= _GPU_PROGRAMS), 1)
             Pp, Np = (max(_GPU_MIN_DOT, _dispatch.next_pow2(n)) for n in (P, N))
-            warps = 8 if T * T >= 128 * 64 or Pp * Np >= 128 * 128 else 4
+            # The backward keeps dB, dC (T×N) and g, h (P×N) live: more warps, fewer spills.
+            warps = 8 if T >= 128 or Pp * Np >= 64 * 128 else 4
             return cls(T, heads, 1, min(1024, Pp * Np), warps, 2)
         T = chunk_size if chunk_size % 8 == 0 else 8 * -(-chunk_size // 8)
         if T >= L:
