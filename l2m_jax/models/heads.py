@@ -31,6 +31,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.sharding import PartitionSpec as P
 
 from l2m_jax.models import _layers
 
@@ -114,16 +115,28 @@ def check_inputs(config, inputs, *, step: bool) -> None:
         raise ValueError(f"{name} has length 0; pass at least one position")
 
 
+def _rows(table_NxD, index_BxL):
+    """table[index] (a gather), sharded like the index when it is sharded over explicit mesh
+    axes (the gather's output sharding cannot be inferred there)."""
+    mesh = _explicit_mesh(index_BxL)
+    if mesh is None:
+        return jnp.take(table_NxD, index_BxL, axis=0)
+    spec = jax.typeof(index_BxL).sharding.spec
+    return table_NxD.at[index_BxL].get(
+        out_sharding=jax.sharding.NamedSharding(mesh, P(*spec, None))
+    )
+
+
 def embed(config, params, inputs, positions_BxL):
     """inputs [B, L] tokens or [B, L, C] vectors -> x_BxLxD in config.dtype (+ positions)."""
     if config.head == "tokens":
-        x_BxLxD = jnp.take(params["embed"]["tokens"], inputs, axis=0)
+        x_BxLxD = _rows(params["embed"]["tokens"], inputs)
     else:
         p = params["embed"]
         h = jax.nn.gelu(_layers.dense(inputs, p["w1"], p["b1"], config.dtype))
         x_BxLxD = _layers.dense(h, p["w2"], p["b2"], config.dtype)
     if config.num_positions:
-        x_BxLxD = x_BxLxD + jnp.take(params["positions"], positions_BxL, axis=0)
+        x_BxLxD = x_BxLxD + _rows(params["positions"], positions_BxL)
     return x_BxLxD.astype(config.dtype)
 
 
@@ -181,8 +194,15 @@ def _unchunked(a, L):
     return jnp.moveaxis(a, 0, 1).reshape(B, n * chunk, *a.shape[3:])[:, :L]
 
 
-def _dot(spec, a, b):
-    return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
+def _dot(spec, a, b, **kwargs):
+    return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32, **kwargs)
+
+
+def _explicit_mesh(x):
+    """The mesh of x when x is sharded over explicit mesh axes, else None."""
+    sharding = getattr(jax.typeof(x), "sharding", None)
+    spec = getattr(sharding, "spec", None)
+    return sharding.mesh if spec and any(a is not None for a in spec) else None
 
 
 def _fused_forward(x_BxLxD, w, targets_BxL, chunk, tied, dtype):
@@ -215,6 +235,8 @@ def _fused_bwd(chunk, tied, dtype, residuals, g_BxL):
     x_BxLxD, w, targets_BxL, lse_BxL = residuals
     L = x_BxLxD.shape[1]
     w_op = w.astype(dtype)
+    mesh = _explicit_mesh(x_BxLxD)  # dW sums over a sharded batch: say it is replicated
+    dw_kwargs = {} if mesh is None else {"out_sharding": jax.sharding.NamedSharding(mesh, P())}
 
     def body(dw, xs):
         x_BxCxD, t_BxC, lse_BxC, g_BxC = xs
@@ -224,9 +246,11 @@ def _fused_bwd(chunk, tied, dtype, residuals, g_BxL):
         dlogits = (g_BxC[..., None] * (hit_BxCxV.astype(jnp.float32) - p_BxCxV)).astype(dtype)
         x_op = x_BxCxD.astype(dtype)
         if tied:  # w [V, D]
-            dx_BxCxD, dw_c = _dot("bcv,vd->bcd", dlogits, w_op), _dot("bcv,bcd->vd", dlogits, x_op)
+            dx_BxCxD = _dot("bcv,vd->bcd", dlogits, w_op)
+            dw_c = _dot("bcv,bcd->vd", dlogits, x_op, **dw_kwargs)
         else:  # w [D, V]
-            dx_BxCxD, dw_c = _dot("bcv,dv->bcd", dlogits, w_op), _dot("bcd,bcv->dv", x_op, dlogits)
+            dx_BxCxD = _dot("bcv,dv->bcd", dlogits, w_op)
+            dw_c = _dot("bcd,bcv->dv", x_op, dlogits, **dw_kwargs)
         return dw + dw_c, dx_BxCxD
 
     xs = tuple(
