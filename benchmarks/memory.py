@@ -3,6 +3,7 @@
   python -m benchmarks.memory [--lengths 1024,4096,16384] [--models gpt2,mamba-130m,...]
                               [--json PATH] [--plot PATH]
   python -m benchmarks.memory --throughput [--json PATH]     # CPU train-step speed, old vs new
+  python -m benchmarks.memory --attention [--json PATH]      # attention alone, block sizes
 
 Memory: `jax.jit(jax.value_and_grad(loss)).lower(params, batch).compile().memory_analysis()` of
 one step (batch 1, remat=True, float32), argument + output + temp bytes. Nothing runs: params
@@ -25,7 +26,9 @@ per batch) scale the batch-1 temp bytes linearly with the batch and add AdamW's 
 moments: an upper bound (some temp buffers do not grow with the batch).
 
 Throughput (`--throughput`): jitted value-and-grad + AdamW update of the tiny and Gaussian
-presets at L <= 1024, old and new form timed in one process (medians, compile apart).
+presets at L <= 1024, old and new form compiled in one process and timed alternately (medians;
+the first call, with the compile, apart). The Gaussian-head SSMs run the same program in both
+forms (nothing of theirs changed): their ratio shows the timing noise of the run.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from l2m_jax import models
 from l2m_jax.experiments._common import print_table, pyplot, save_figure, write_json
@@ -173,22 +177,21 @@ def _real_batch(config, batch: int, L: int, key):
 
 
 def throughput(name: str, L: int, batch: int, repeats: int) -> list[dict]:
-    """Train steps per second of the old and the new form (same params, same batch)."""
+    """Train steps of the old and the new form (same params, same batch), compiled first, then
+    timed alternately (old, new, old, new, ...) so that load from other work hits both alike;
+    medians of `repeats` runs each."""
+    import statistics
+
     import optax
 
-    from benchmarks._timing import time_fn
-
-    rows = []
+    steps = {}
     for form in FORMS:
-        config = dataclasses.replace(
-            models.preset(name), max_positions=max(L, models.preset(name).num_positions)
-        )
+        base = models.preset(name)
+        config = dataclasses.replace(base, max_positions=max(L, base.num_positions))
         if form == "old" and isinstance(config, models.TransformerConfig):
             config = dataclasses.replace(config, implementation="reference")
-        params = models.init(config, jax.random.key(0))
+        params = jax.jit(models.init, static_argnums=0)(config, jax.random.key(0))
         optimizer = optax.adamw(1e-3)
-        opt_state = optimizer.init(params)
-        data = _real_batch(config, batch, L, jax.random.key(1))
         loss = loss_fn(config, form)
 
         @jax.jit
@@ -197,19 +200,80 @@ def throughput(name: str, L: int, batch: int, repeats: int) -> list[dict]:
             updates, opt_state = optimizer.update(grads, opt_state, params)
             return optax.apply_updates(params, updates), opt_state, value
 
-        timing = time_fn(step, params, opt_state, data, repeats=repeats)
+        args = (params, optimizer.init(params), _real_batch(config, batch, L, jax.random.key(1)))
+        t0 = time.perf_counter()
+        jax.block_until_ready(step(*args))
+        steps[form] = (step, args, time.perf_counter() - t0)
+    runs = {form: [] for form in FORMS}
+    for _ in range(repeats):
+        for form, (step, args, _) in steps.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(step(*args))
+            runs[form].append(time.perf_counter() - t0)
+    rows = []
+    for form in FORMS:
+        median = statistics.median(runs[form])
         rows.append(
             {
                 "model": name,
                 "seq_len": L,
                 "batch": batch,
                 "form": form,
-                "median_s": timing.median_s,
-                "compile_s": timing.compile_s,
-                "tokens_per_s": batch * L / timing.median_s,
+                "median_s": median,
+                "first_call_s": steps[form][2],
+                "tokens_per_s": batch * L / median,
+                "runs_s": runs[form],
             }
         )
     rows[1]["speed_vs_old"] = rows[0]["median_s"] / rows[1]["median_s"]
+    return rows
+
+
+ATTENTION_SHAPES = ((4, 1024, 4, 16), (1, 1024, 12, 64), (1, 4096, 12, 64))  # B, L, H, E
+BLOCKS = (64, 128, 256, 512)
+
+
+def attention_blocks(repeats: int) -> list[dict]:
+    """Forward + backward of causal attention alone: the reference form beside the blockwise
+    form at several block sizes (what picked kernels.attention.api.CPU_BLOCK)."""
+    import statistics
+
+    from kernels.attention import causal_attention
+
+    rows = []
+    for B, L, H, E in ATTENTION_SHAPES:
+        rng = np.random.default_rng(0)
+        q, k, v, g = (jnp.asarray(rng.standard_normal((B, L, H, E)), jnp.float32) for _ in "qkvg")
+        forms = {"reference": dict(implementation="reference")}
+        forms.update({f"block {b}": dict(implementation="xla", block_size=b) for b in BLOCKS})
+        fns = {
+            name: jax.jit(
+                jax.grad(
+                    lambda q, k, v, kw=kw, g=g: jnp.sum(causal_attention(q, k, v, **kw) * g),
+                    argnums=(0, 1, 2),
+                )
+            )
+            for name, kw in forms.items()
+        }
+        for fn in fns.values():
+            jax.block_until_ready(fn(q, k, v))
+        runs = {name: [] for name in fns}
+        for _ in range(repeats):
+            for name, fn in fns.items():
+                t0 = time.perf_counter()
+                jax.block_until_ready(fn(q, k, v))
+                runs[name].append(time.perf_counter() - t0)
+        ref = statistics.median(runs["reference"])
+        for name in fns:
+            median = statistics.median(runs[name])
+            rows.append(
+                {
+                    "shape": f"B{B} L{L} H{H} E{E}",
+                    "form": name,
+                    "median_s": median,
+                    "speed_vs_reference": ref / median,
+                }
+            )
     return rows
 
 
@@ -260,15 +324,27 @@ def main(argv=None) -> None:
     ap.add_argument("--plot", help="log-log plot of bytes against L")
     ap.add_argument("--throughput", action="store_true", help="time CPU train steps instead")
     ap.add_argument("--batch", type=int, default=4, help="throughput batch")
-    ap.add_argument("--repeats", type=int, default=7, help="throughput runs per form")
+    ap.add_argument(
+        "--attention", action="store_true", help="time attention alone: reference vs block sizes"
+    )
+    ap.add_argument("--repeats", type=int, default=11, help="throughput runs per form")
     args = ap.parse_args(argv)
 
+    if args.attention:
+        rows = attention_blocks(args.repeats)
+        print_table(
+            ["shape", "form", "median ms", "speed vs reference"],
+            [[r["shape"], r["form"], 1e3 * r["median_s"], r["speed_vs_reference"]] for r in rows],
+        )
+        if args.json:
+            write_json(args.json, {"attention": rows})
+        return
     if args.throughput:
         rows = []
         for name, L in THROUGHPUT_CASES:
             rows += throughput(name, L, args.batch, args.repeats)
         print_table(
-            ["model", "L", "batch", "form", "median ms", "compile s", "tokens/s", "new/old speed"],
+            ["model", "L", "batch", "form", "median ms", "first call s", "tokens/s", "new/old"],
             [
                 [
                     r["model"],
@@ -276,7 +352,7 @@ def main(argv=None) -> None:
                     r["batch"],
                     r["form"],
                     1e3 * r["median_s"],
-                    r["compile_s"],
+                    r["first_call_s"],
                     r["tokens_per_s"],
                     r.get("speed_vs_old", float("nan")),
                 ]

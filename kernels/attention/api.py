@@ -44,7 +44,7 @@ __all__ = ["IMPLEMENTATIONS", "causal_attention", "prefill_attention"]
 
 IMPLEMENTATIONS = (*_dispatch.IMPLEMENTATIONS, "reference")
 # Rows per block of the blockwise form: small tiles are fastest on CPU (measured with
-# `python -m benchmarks.memory --throughput`), accelerators want fewer, bigger loop steps.
+# `python -m benchmarks.memory --attention`), accelerators want fewer, bigger loop steps.
 CPU_BLOCK = 128
 DEVICE_BLOCK = 512
 SPLASH_BLOCK = 512  # splash tiles (multiples of 128; smaller when L is short)
