@@ -484,8 +484,8 @@ def test_new_paths_equal_the_old(name, L):
 
 def test_fused_token_head_equals_the_full_logits():
     """heads.token_logprobs against log_softmax(heads.output) on hidden states: values and
-    gradients (hidden states, unembedding), tied and untied, float32 (and bf16 tied) for 1
-    (less than a chunk) and 11 (2 chunks + 3) rows in chunks of 4."""
+    gradients (hidden states, unembedding), tied and untied, float32 (and bf16 tied) for 5
+    (chunk + 1) and 11 (2 chunks + 3) positions in chunks of 4."""
     tied = CONFIGS["gpt2"]
     untied = dataclasses.replace(tied, tie_embeddings=False)
     params = dict(_params(tied))
@@ -493,7 +493,7 @@ def test_fused_token_head_equals_the_full_logits():
     rng = np.random.default_rng(4)
     cases = [
         (jnp.asarray(rng.standard_normal((1, n, 32)), jnp.float32), jnp.asarray(t, jnp.int32))
-        for n, t in ((1, [[7]]), (11, rng.integers(0, 40, (1, 11))))
+        for n, t in ((5, rng.integers(0, 40, (1, 5))), (11, rng.integers(0, 40, (1, 11))))
     ]
 
     def fused(params, x, t, config):

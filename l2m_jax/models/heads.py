@@ -275,7 +275,8 @@ def token_logprobs(config, params, x_BxLxD, targets_BxL, *, chunk_size=None):
     The unembedding and the log-softmax run over chunks of `chunk_size` positions of every
     sequence (default `logit_chunk`) in the forward and, by a `custom_vjp` recomputing each
     chunk's logits from the saved log-sum-exp, in the backward: memory O(B · chunk · V)
-    instead of O(B · L · V).
+    instead of O(B · L · V). When one chunk covers the sequence (small vocabularies, short
+    sequences) it is the plain log-softmax of the logits, differentiated as usual.
     """
     if config.head != "tokens":
         raise ValueError(f"token_logprobs needs head='tokens', got head={config.head!r}")
@@ -300,4 +301,8 @@ def token_logprobs(config, params, x_BxLxD, targets_BxL, *, chunk_size=None):
     _layers.check_positive("chunk_size", chunk_size)
     w, tied = _unembedding(config, params)
     targets_BxL = targets_BxL.astype(jnp.int32)
+    if chunk_size >= L:  # one chunk holds it all: plain autodiff is the same memory, faster
+        logits_BxLxV = _logits(x_BxLxD, w, tied, config.dtype)
+        picked_BxL = jnp.take_along_axis(logits_BxLxV, targets_BxL[..., None], axis=-1)[..., 0]
+        return picked_BxL - jax.nn.logsumexp(logits_BxLxV, axis=-1)
     return _fused_logprobs(x_BxLxD, w, targets_BxL, int(chunk_size), tied, config.dtype)
