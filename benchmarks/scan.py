@@ -561,9 +561,13 @@ def _tune_one(budget_s, name, default, grid, build, args, progress):
 
 def _auto_form(row) -> str:
     """What `implementation="auto"` runs for this row's shape on this machine."""
+    from kernels.scan import api
+
     if _dispatch.platform() != "cpu":
         return "pallas"
-    if row["passes"] == "forward":
+    if row["passes"] == "forward" or row["batch"] * row["seq_len"] * row["state_size"] <= (
+        api._CPU_AUTODIFF_MAX
+    ):
         return "lax.scan (the same computation as the lax.scan row)"
     return "lax.scan forward keeping chunk start states; backward chunk by chunk in reverse"
 

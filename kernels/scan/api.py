@@ -2,11 +2,12 @@
 
 Forms (chosen by the lowering platform, kernels._dispatch):
   CPU          XLA: a sequential `lax.scan` forward that keeps the state at every chunk start;
-               the backward recomputes chunk by chunk in reverse (kernels.scan.xla).
+               the backward recomputes chunk by chunk in reverse (kernels.scan.xla). Small
+               problems (B·L·state ≤ 2**20) use lax.scan's own autodiff, faster there.
   TPU, GPU     Pallas kernels, forward and backward (kernels.scan.pallas); "xla" there: the
                chunked parallel forms with the same chunk-boundary backward.
-Gradients flow through `jax.custom_vjp`s whose residuals are the inputs and the chunk start
-states: O(B·L/T·state) memory, never B·L·state.
+Otherwise gradients flow through `jax.custom_vjp`s whose residuals are the inputs and the
+chunk start states: O(B·L/T·state) memory, never B·L·state.
 """
 
 from __future__ import annotations
@@ -17,15 +18,23 @@ import jax
 import jax.numpy as jnp
 
 from kernels import _dispatch
-from kernels.scan import pallas, xla
+from kernels.scan import pallas, reference, xla
 from kernels.scan.pallas import SelectiveBlocks, SSDBlocks
 
 __all__ = ["SSDBlocks", "SelectiveBlocks", "selective_scan", "ssd"]
 
-# Positions per chunk of the selective scan's XLA backward (the state is kept at every chunk
-# start): on CPU 32 was fastest at the model shapes (`python -m benchmarks.scan`), 64 for the
-# associative-scan chunks on accelerators.
-_CPU_SELECTIVE_CHUNK = 32
+# CPU forms (measured at the presets' scan shapes, batch 4 × 1024, forward + backward; see
+# `python -m benchmarks.scan --sections model`): up to _CPU_AUTODIFF_MAX elements of B·L·state
+# the sequential lax.scan with its own autodiff is fastest (its B·L·state residuals fit in
+# cache: gauss-mamba-z512 7.6 ms against 8.6-9.0 ms); above it, the chunk-boundary backward
+# (mamba-tiny 54 ms against 321 ms, mamba2-tiny 29 ms against 443 ms, gauss-mamba2 10.3 ms
+# against 12.4 ms), whose memory stays O(B·L/T·state). Chunks: 64 positions for the selective
+# scan; 32 for SSD states up to _CPU_SSD_SMALL_STATE elements per sequence (faster there),
+# else 64 (fewer saved states for the large ones).
+_CPU_AUTODIFF_MAX = 2**20
+_CPU_SELECTIVE_CHUNK = 64
+_CPU_SSD_SMALL_STATE = 16384
+# Accelerators, implementation="xla": chunks of associative scans for the selective scan.
 _SELECTIVE_CHUNK = 64
 
 _PALLAS_DTYPES = (jnp.float32, jnp.bfloat16)
@@ -172,12 +181,16 @@ def selective_scan(
         return lambda *a: _selective_pallas(*a, b, target, interpret)
 
     h0 = jnp.zeros((Bsz, D, N), jnp.float32) if h0_BxDxN is None else h0_BxDxN
+    if Bsz * L * D * N <= _CPU_AUTODIFF_MAX:
+        cpu = lambda *a: reference.selective_scan_sequential(*a[:5], h0_BxDxN=a[5])
+    else:
+        cpu = lambda *a: xla.selective_scan(*a, _CPU_SELECTIVE_CHUNK, "sequential")
     fn = _dispatch.select(
         "selective_scan",
         implementation,
         interpret,
         xla={
-            "cpu": lambda *a: xla.selective_scan(*a, _CPU_SELECTIVE_CHUNK, "sequential"),
+            "cpu": cpu,
             "default": lambda *a: xla.selective_scan(*a, _SELECTIVE_CHUNK, "chunked"),
         },
         pallas=pallas_form,
@@ -254,12 +267,17 @@ def ssd(
         return lambda *a: _ssd_pallas(*a, b, target, interpret)
 
     h0 = jnp.zeros((Bsz, H, P, N), jnp.float32) if h0_BxHxPxN is None else h0_BxHxPxN
+    if Bsz * L * H * P * N <= _CPU_AUTODIFF_MAX:
+        cpu = lambda *a: reference.ssd_sequential(*a[:5], h0_BxHxPxN=a[5])
+    else:
+        T = 32 if H * P * N <= _CPU_SSD_SMALL_STATE else 64
+        cpu = lambda *a: xla.ssd(*a, T, "sequential")
     fn = _dispatch.select(
         "ssd",
         implementation,
         interpret,
         xla={
-            "cpu": lambda *a: xla.ssd(*a, chunk_size, "sequential"),
+            "cpu": cpu,
             "default": lambda *a: xla.ssd(*a, chunk_size, "chunked"),
         },
         pallas=pallas_form,
