@@ -380,9 +380,12 @@ def main(argv=None) -> None:
     for form in forms:
         if form not in FORMS:
             raise SystemExit(f"--forms: {form!r} is not one of {FORMS}")
+    names = _csv(args.models)
+    for name in names:  # unknown names fail before any compile
+        if name not in PAPER_GAUSS:
+            models.preset(name)
     rows = []
-    for name in _csv(args.models):
-        models.preset(name)  # unknown names fail before any compile
+    for name in names:
         for L in lengths:
             for form in forms:
                 row = step_memory(name, L, form)
