@@ -382,8 +382,9 @@ def main(argv=None) -> None:
             raise SystemExit(f"--forms: {form!r} is not one of {FORMS}")
     names = _csv(args.models)
     for name in names:  # unknown names fail before any compile
-        if name not in PAPER_GAUSS:
-            models.preset(name)
+        if name not in PAPER_GAUSS and name not in models.PRESETS:
+            known = ", ".join([*models.PRESETS, *PAPER_GAUSS])
+            raise SystemExit(f"--models: unknown model {name!r}; choose from: {known}")
     rows = []
     for name in names:
         for L in lengths:
