@@ -166,7 +166,7 @@ def predict(row: dict) -> dict:
     param_bytes = 4 * row["params"]
     batch = (
         GAUSS_BATCH
-        if row["model"].startswith("gauss-")
+        if row["model"] in GAUSS_MODELS
         else max(1, PG19_TOKENS_PER_BATCH // row["seq_len"])
     )
     per_sequence = row["total_bytes"] - 2 * param_bytes
