@@ -104,7 +104,8 @@ def check_inputs(config, inputs, *, step: bool) -> None:
 def embed(config, params, inputs, positions_BxL):
     """inputs [B, L] tokens or [B, L, C] vectors -> x_BxLxD float32 (+ learned positions)."""
     if config.head == "tokens":
-        x_BxLxD = jnp.take(params["embed"]["tokens"], inputs, axis=0)
+        # float32 activations whatever the table's dtype (bfloat16 checkpoints)
+        x_BxLxD = jnp.take(params["embed"]["tokens"], inputs, axis=0).astype(jnp.float32)
     else:
         p = params["embed"]
         h = jax.nn.gelu(_layers.dense(inputs, p["w1"], p["b1"], config.dtype))

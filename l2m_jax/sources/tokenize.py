@@ -1,6 +1,7 @@
-"""Tokenizers that work offline: byte-level, GPT-2 BPE, SmolLM2's (from GGUF), locally trained BPE.
+"""Tokenizers that work offline: byte-level, GPT-2 BPE, SmolLM2's (from GGUF), Hugging Face
+checkpoints' tokenizer.json, locally trained BPE.
 
-    tok = get_tokenizer("gpt2")      # "bytes", "gpt2", "smollm2", "gguf:PATH", "bpe:PATH"
+    tok = get_tokenizer("gpt2")      # "bytes", "gpt2", "smollm2", "gguf:PATH", "hf:DIR", "bpe:PATH"
     ids = tok.encode("In the beginning")  ->  list[int]
     tok.decode(ids), tok.vocab_size, tok.bos_id, tok.name
 
@@ -8,8 +9,10 @@
 openai-whisper package ships (located, never imported); "smollm2" and "gguf:PATH" rebuild a
 model's tokenizer from the vocabulary stored in its GGUF file (byte-level BPE with merges, or
 SentencePiece BPE with scores); `train_bpe` trains a byte-level BPE on a corpus with the
-`tokenizers` library and saves it as JSON for "bpe:PATH". Rebuilt tokenizers are cached as
-JSON under `cache_dir()`.
+`tokenizers` library and saves it as JSON for "bpe:PATH". "hf:DIR" reads DIR/tokenizer.json
+(a Hugging Face checkpoint folder) with `tokenizers`, truncation and padding off; its bos_id is
+the checkpoint's document start (`l2m_jax.models.hf.document_start`). Rebuilt tokenizers are
+cached as JSON under `cache_dir()`. `encode` never adds special tokens: models prepend BOS.
 """
 
 from __future__ import annotations
@@ -338,6 +341,36 @@ def _bpe_file(path: pathlib.Path, name: str) -> Tokenizer:
     return Tokenizer(name, backend, backend.get_vocab_size(), bos_id=bos, eos_id=bos)
 
 
+def _hf_folder(folder: pathlib.Path, name: str) -> Tokenizer:
+    from tokenizers import Tokenizer as HFTokenizer
+
+    from l2m_jax.models import hf
+
+    path = folder / "tokenizer.json"
+    if not path.is_file():
+        raise ValueError(
+            f"no tokenizer.json in {folder}; a Hugging Face checkpoint folder ships its "
+            "tokenizer as tokenizer.json"
+        )
+    try:
+        backend = HFTokenizer.from_file(str(path))
+    except Exception as err:  # tokenizers raises its own Exception type on a bad file
+        raise ValueError(f"{path} is not a readable tokenizer.json: {err}") from err
+    backend.no_truncation()
+    backend.no_padding()
+    bos, _ = hf.document_start(folder, backend)
+    config = hf.read_json(folder / "config.json") if (folder / "config.json").is_file() else {}
+    eos = config.get("eos_token_id")
+    eos = eos[0] if isinstance(eos, list) and eos else eos
+    return Tokenizer(
+        name,
+        backend,
+        backend.get_vocab_size(),
+        bos_id=bos,
+        eos_id=None if eos is None or isinstance(eos, list) else int(eos),
+    )
+
+
 @functools.cache
 def _get(name: str) -> Tokenizer:
     if name == "bytes":
@@ -347,6 +380,9 @@ def _get(name: str) -> Tokenizer:
     if name.startswith("bpe:"):
         path = pathlib.Path(name[4:]).expanduser().resolve()
         return _bpe_file(path, f"bpe:{path}")
+    if name.startswith("hf:"):
+        folder = pathlib.Path(name[3:]).expanduser().resolve()
+        return _hf_folder(folder, f"hf:{folder}")
     if name.startswith("gguf:") or name.endswith(".gguf"):
         path = pathlib.Path(name.removeprefix("gguf:")).expanduser().resolve()
         if not path.is_file():
@@ -358,12 +394,14 @@ def _get(name: str) -> Tokenizer:
         return _from_gguf(pretrained.locate(name), name)
     raise ValueError(
         f"unknown tokenizer {name!r}; choose 'bytes', 'gpt2', "
-        f"{', '.join(repr(n) for n in pretrained.KNOWN_MODELS)}, 'gguf:PATH' or 'bpe:PATH'"
+        f"{', '.join(repr(n) for n in pretrained.KNOWN_MODELS)}, 'gguf:PATH', 'hf:DIR' or "
+        "'bpe:PATH'"
     )
 
 
 def get_tokenizer(name: str) -> Tokenizer:
-    """The tokenizer called `name`: "bytes", "gpt2", "smollm2", "gguf:PATH" or "bpe:PATH"."""
+    """The tokenizer called `name`: "bytes", "gpt2", "smollm2", "gguf:PATH", "hf:DIR" (a
+    Hugging Face folder's tokenizer.json) or "bpe:PATH"."""
     if not isinstance(name, str):
         raise TypeError(f"tokenizer name must be a str, got {type(name).__name__}")
     return _get(name)
