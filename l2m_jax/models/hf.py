@@ -97,8 +97,9 @@ class _Fields:
         value = self.raw.get(key)
         return default if value is None else value
 
-    def unsupported(self, what: str) -> ValueError:
-        return ValueError(f"{self.path}: {what} is not supported")
+    def unsupported(self, what: str, supported: str = "") -> ValueError:
+        extra = f" (supported: {supported})" if supported else ""
+        return ValueError(f"{self.path}: {what} is not supported{extra}")
 
 
 def _float(value) -> float:
@@ -136,7 +137,7 @@ def _rope(f: _Fields) -> tuple[float, RopeScaling | None, float]:
             ),
         )
         return theta, scaling, partial
-    raise f.unsupported(f"rope type {kind!r} (supported: default, linear, llama3)")
+    raise f.unsupported(f"rope type {kind!r}", "default, linear, llama3")
 
 
 _ACTIVATIONS = {
@@ -153,7 +154,7 @@ _ACTIVATIONS = {
 def _activation(f: _Fields, key: str) -> str:
     name = f(key)
     if name not in _ACTIVATIONS:
-        raise f.unsupported(f"{key}={name!r} (supported: {sorted(_ACTIVATIONS)})")
+        raise f.unsupported(f"{key}={name!r}", ", ".join(sorted(_ACTIVATIONS)))
     return _ACTIVATIONS[name]
 
 
@@ -234,7 +235,7 @@ def _mamba_common(f: _Fields) -> dict:
     if f("use_bias"):
         raise f.unsupported("use_bias=true (biases on in_proj/out_proj)")
     if _activation(f, "hidden_act") != "silu":
-        raise f.unsupported(f"hidden_act={f('hidden_act')!r} for Mamba (only silu)")
+        raise f.unsupported(f"hidden_act={f('hidden_act')!r} for Mamba", "silu")
     D = int(f("hidden_size"))
     expand = float(f("expand"))
     inner = int(f.get("intermediate_size") or int(expand * D))
@@ -263,7 +264,7 @@ def _mamba2(f: _Fields, model_type: str) -> Mamba2Config:
     fields = _mamba_common(f)
     limit = tuple(_float(v) for v in f("time_step_limit"))
     if limit != (0.0, math.inf):
-        raise f.unsupported(f"time_step_limit={list(limit)} (only [0, inf])")
+        raise f.unsupported(f"time_step_limit={list(limit)}", "[0, inf]")
     if f.get("rms_norm", True) is False:
         raise f.unsupported("rms_norm=false (Mamba-2 without the gated norm)")
     head_dim, heads = int(f("head_dim")), int(f("num_heads"))
