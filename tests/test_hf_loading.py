@@ -208,7 +208,7 @@ def test_an_unsupported_architecture_lists_the_supported_ones(tmp_path):
     (tmp_path / "config.json").write_text(
         json.dumps({"architectures": ["BertForMaskedLM"], "model_type": "bert"})
     )
-    with pytest.raises(ValueError, match="config.json") as err:
+    with pytest.raises(ValueError, match=r"config\.json") as err:
         pretrained.load(tmp_path)
     message = str(err.value)
     assert "'BertForMaskedLM'" in message
@@ -216,7 +216,7 @@ def test_an_unsupported_architecture_lists_the_supported_ones(tmp_path):
 
 
 def test_a_tensor_whose_shape_differs_from_the_config(llama_folder, tmp_path):
-    folder, params = llama_folder
+    _, params = llama_folder
     wrong = {**_llama_json(LLAMA), "intermediate_size": 96}
     _write(tmp_path, LLAMA, params, wrong)
     match = r"model.safetensors: tensor model.layers.0.mlp.down_proj.weight has shape \[64, 128\]"
@@ -228,7 +228,9 @@ def test_a_missing_shard_of_an_index(llama_folder, tmp_path):
     _, params = llama_folder
     _write(tmp_path, LLAMA, params, _llama_json(LLAMA), shard=3)
     (tmp_path / "model-00002-of-00003.safetensors").unlink()
-    with pytest.raises(ValueError, match="lists shard model-00002-of-00003.safetensors, which is"):
+    with pytest.raises(
+        ValueError, match=r"lists shard model-00002-of-00003\.safetensors, which is"
+    ):
         pretrained.load(tmp_path)
 
 
@@ -238,7 +240,7 @@ def test_missing_unexpected_and_truncated_tensors_name_the_file(llama_folder, tm
     path = tmp_path / "model.safetensors"
     del state["model.norm.weight"]
     safetensors_numpy.save_file(state, path)
-    with pytest.raises(ValueError, match="tensor model.norm.weight is missing"):
+    with pytest.raises(ValueError, match=r"tensor model\.norm\.weight is missing"):
         pretrained.load(tmp_path)
     state["model.norm.weight"] = np.ones(64, np.float32)
     state["model.layers.0.self_attn.q_proj.bias"] = np.zeros(64, np.float32)
@@ -246,11 +248,11 @@ def test_missing_unexpected_and_truncated_tensors_name_the_file(llama_folder, tm
     with pytest.raises(ValueError, match=r"model.safetensors: tensors \['model.layers.0.self_attn"):
         pretrained.load(tmp_path)
     path.write_bytes(path.read_bytes()[:-100])
-    with pytest.raises(ValueError, match="model.safetensors: tensor .* the file is truncated"):
+    with pytest.raises(ValueError, match=r"model\.safetensors: tensor .* the file is truncated"):
         pretrained.load(tmp_path)
     path.unlink()
     (tmp_path / "pytorch_model.bin").write_bytes(b"")
-    with pytest.raises(ValueError, match="pytorch_model.bin is a PyTorch pickle"):
+    with pytest.raises(ValueError, match=r"pytorch_model\.bin is a PyTorch pickle"):
         SafetensorsCheckpoint(tmp_path)
 
 
@@ -261,7 +263,9 @@ def test_unsupported_options_are_refused(llama_folder, tmp_path):
     with pytest.raises(ValueError, match=r"config.json: rope type 'yarn' is not supported"):
         pretrained.load(tmp_path)
     folder = tmp_path / "no-bos"
-    _write(folder, LLAMA, params, {**_llama_json(LLAMA), "bos_token_id": None, "eos_token_id": None})
+    _write(
+        folder, LLAMA, params, {**_llama_json(LLAMA), "bos_token_id": None, "eos_token_id": None}
+    )
     with pytest.raises(ValueError, match=r"pass the document-start token as load\(\.\.\., bos_id"):
         pretrained.load(folder)
     assert pretrained.load(folder, bos_id=3).bos_source.startswith("given by the caller")

@@ -404,23 +404,29 @@ def _mamba_table(c: MambaConfig | Mamba2Config, prefix: str) -> dict[str, _Spec]
     }
     if isinstance(c, MambaConfig):
         R = c.time_step_rank
-        table.update({
-            "layers/in_proj": _Spec(L + "mixer.in_proj.weight", (2 * Di, D), _T),
-            "layers/x_proj": _Spec(L + "mixer.x_proj.weight", (R + 2 * N, Di), _T),
-            "layers/dt_proj": _Spec(L + "mixer.dt_proj.weight", (Di, R), _T),
-            "layers/dt_bias": _Spec(L + "mixer.dt_proj.bias", (Di,)),
-            "layers/A_log": _Spec(L + "mixer.A_log", (Di, N)),
-            "layers/D": _Spec(L + "mixer.D", (Di,)),
-        })
+        table.update(
+            {
+                "layers/in_proj": _Spec(L + "mixer.in_proj.weight", (2 * Di, D), _T),
+                "layers/x_proj": _Spec(L + "mixer.x_proj.weight", (R + 2 * N, Di), _T),
+                "layers/dt_proj": _Spec(L + "mixer.dt_proj.weight", (Di, R), _T),
+                "layers/dt_bias": _Spec(L + "mixer.dt_proj.bias", (Di,)),
+                "layers/A_log": _Spec(L + "mixer.A_log", (Di, N)),
+                "layers/D": _Spec(L + "mixer.D", (Di,)),
+            }
+        )
     else:
         H, G = c.n_heads, c.n_groups
-        table.update({
-            "layers/in_proj": _Spec(L + "mixer.in_proj.weight", (2 * Di + 2 * G * N + H, D), _T),
-            "layers/dt_bias": _Spec(L + "mixer.dt_bias", (H,)),
-            "layers/A_log": _Spec(L + "mixer.A_log", (H,)),
-            "layers/D": _Spec(L + "mixer.D", (H,)),
-            "layers/gate_norm": _Spec(L + "mixer.norm.weight", (Di,)),
-        })
+        table.update(
+            {
+                "layers/in_proj": _Spec(
+                    L + "mixer.in_proj.weight", (2 * Di + 2 * G * N + H, D), _T
+                ),
+                "layers/dt_bias": _Spec(L + "mixer.dt_bias", (H,)),
+                "layers/A_log": _Spec(L + "mixer.A_log", (H,)),
+                "layers/D": _Spec(L + "mixer.D", (H,)),
+                "layers/gate_norm": _Spec(L + "mixer.norm.weight", (Di,)),
+            }
+        )
     return table
 
 
@@ -449,10 +455,16 @@ _FAMILIES = {
         {**_LLAMA_DEFAULTS, "max_position_embeddings": 131072, "sliding_window": 4096},
     ),
     "qwen2": _Family(
-        "Qwen2ForCausalLM", _llama_like, _llama_table, {**_LLAMA_DEFAULTS, "max_position_embeddings": 32768}
+        "Qwen2ForCausalLM",
+        _llama_like,
+        _llama_table,
+        {**_LLAMA_DEFAULTS, "max_position_embeddings": 32768},
     ),
     "qwen3": _Family(
-        "Qwen3ForCausalLM", _llama_like, _llama_table, {**_LLAMA_DEFAULTS, "max_position_embeddings": 32768}
+        "Qwen3ForCausalLM",
+        _llama_like,
+        _llama_table,
+        {**_LLAMA_DEFAULTS, "max_position_embeddings": 32768},
     ),
     "gpt2": _Family(
         "GPT2LMHeadModel",
@@ -831,9 +843,10 @@ def document_start(folder: str | os.PathLike, backend=None) -> tuple[int | None,
     """(token id, where it comes from) that starts a document for this checkpoint.
 
     In order: the BOS the tokenizer adds itself (tokenizer_config.json add_bos_token, else
-    tokenizer.json's post-processor); else config.json's (or generation_config.json's)
-    bos_token_id; else the end-of-text token (eos_token_id), which separates documents in
-    training. `backend` is the folder's `tokenizers.Tokenizer` (to name ids), if it has one.
+    tokenizer.json's post-processor); else the BOS that config.json, generation_config.json
+    or tokenizer_config.json names; else the end-of-text token they name (eos), which
+    separates documents in training. `backend` is the folder's `tokenizers.Tokenizer` (to name
+    ids), if it has one.
     """
     folder = pathlib.Path(folder)
     files = {
@@ -855,20 +868,25 @@ def document_start(folder: str | os.PathLike, backend=None) -> tuple[int | None,
     if added is not None:
         i = token_id(added)
         return i, f"{how}: the tokenizer starts every text with {added} (id {i})"
-    for key in ("bos_token_id", "eos_token_id"):
+    for role in ("bos", "eos"):
+        what = (
+            "the checkpoint's BOS"
+            if role == "bos"
+            else "no BOS in the checkpoint; the end-of-text token that separates training documents"
+        )
         for file in ("config.json", "generation_config.json"):
-            value = files[file].get(key)
+            value = files[file].get(f"{role}_token_id")
             if isinstance(value, list):
                 value = value[0] if value else None
             if value is not None:
-                role = (
-                    "the checkpoint's BOS"
-                    if key == "bos_token_id"
-                    else "no BOS in the checkpoint; the end-of-text token that separates "
-                    "training documents"
-                )
                 return int(value), (
-                    f"{file} {key} = {value} ({name(int(value))}): {role}; the tokenizer adds "
-                    "none, so the model prepends it"
+                    f"{file} {role}_token_id = {value} ({name(int(value))}): {what}; the "
+                    "tokenizer adds none, so the model prepends it"
                 )
+        text = _token_content(tok_config.get(f"{role}_token"))
+        if token_id(text) is not None:
+            return token_id(text), (
+                f"tokenizer_config.json {role}_token {text} (id {token_id(text)}): {what}; the "
+                "tokenizer adds none, so the model prepends it"
+            )
     return None, "the checkpoint names no BOS or end-of-text token"

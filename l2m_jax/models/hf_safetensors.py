@@ -1,6 +1,6 @@
 """Safetensors checkpoints read lazily into NumPy, without torch: one file or a sharded index.
 
-    weights = SafetensorsCheckpoint(folder)       # model.safetensors or model.safetensors.index.json
+    weights = SafetensorsCheckpoint(folder)   # model.safetensors, or the index and its shards
     weights.shape("model.embed_tokens.weight")    # (V, D), from the header
     weights.read("model.embed_tokens.weight", (slice(0, 1024), slice(None)))   # a copy of rows
 
@@ -64,7 +64,9 @@ class SafetensorsFile:
             try:
                 header = json.loads(f.read(n))
             except (UnicodeDecodeError, json.JSONDecodeError) as err:
-                raise ValueError(f"{self.path}: the safetensors header is not JSON ({err})") from err
+                raise ValueError(
+                    f"{self.path}: the safetensors header is not JSON ({err})"
+                ) from err
         if not isinstance(header, dict):
             raise ValueError(f"{self.path}: the safetensors header is not a JSON object")
         self.metadata = header.pop("__metadata__", None) or {}

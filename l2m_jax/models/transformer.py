@@ -99,12 +99,16 @@ class RopeScaling:
                     "RopeScaling (llama3) needs 0 < low_freq_factor < high_freq_factor, got "
                     f"{self.low_freq_factor!r} and {self.high_freq_factor!r}"
                 )
-            _layers.check_positive("RopeScaling.original_max_positions", self.original_max_positions)
+            _layers.check_positive(
+                "RopeScaling.original_max_positions", self.original_max_positions
+            )
         if self.kind == "divisors":
             if not self.divisors or not all(d > 0 for d in self.divisors):
                 raise ValueError("RopeScaling (divisors) needs a tuple of positive divisors")
         elif self.divisors:
-            raise ValueError(f"RopeScaling.divisors are only used by kind='divisors', not {self.kind!r}")
+            raise ValueError(
+                f"RopeScaling.divisors are only used by kind='divisors', not {self.kind!r}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,7 +236,8 @@ class TransformerConfig:
                 )
         if self.activation is not None and self.activation not in ACTIVATIONS:
             raise ValueError(
-                f"TransformerConfig.activation must be one of {ACTIVATIONS}, got {self.activation!r}"
+                f"TransformerConfig.activation must be one of {ACTIVATIONS}, got "
+                f"{self.activation!r}"
             )
         for flag in ("attn_bias", "attn_out_bias", "mlp_bias", "parallel_residual"):
             value = getattr(self, flag)
@@ -408,9 +413,10 @@ def _rope(x_BxLxHxE, positions_BxL, inv_freq_F):
     """Rotates dimension i with i + F of the first 2F dimensions of every head by the angle
     position · inv_freq[i] (half-split pairs); dimensions 2F .. E − 1 pass through."""
     R = 2 * inv_freq_F.shape[0]
-    angle_BxLx1xF = positions_BxL.astype(jnp.float32)[:, :, None, None] * jnp.asarray(
-        inv_freq_F, jnp.float32
-    )[None, None, None]
+    angle_BxLx1xF = (
+        positions_BxL.astype(jnp.float32)[:, :, None, None]
+        * jnp.asarray(inv_freq_F, jnp.float32)[None, None, None]
+    )
     cos, sin = jnp.cos(angle_BxLx1xF), jnp.sin(angle_BxLx1xF)
     x1, x2, rest = x_BxLxHxE[..., : R // 2], x_BxLxHxE[..., R // 2 : R], x_BxLxHxE[..., R:]
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest], axis=-1)

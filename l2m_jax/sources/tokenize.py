@@ -147,13 +147,16 @@ def _byte_level_tokenizer(
     specials: Sequence[str] = (),
     digits: bool = False,
     split: str | None = None,
+    nfc: bool = False,
 ):
     """Byte-level BPE; `split` replaces GPT-2's pre-tokenizer regex, `digits` splits every
-    digit apart first."""
-    from tokenizers import Regex, decoders, models, pre_tokenizers
+    digit apart first, `nfc` normalises the text to Unicode NFC first."""
+    from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers
     from tokenizers import Tokenizer as HFTokenizer
 
     backend = HFTokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
+    if nfc:
+        backend.normalizer = normalizers.NFC()
     steps = [pre_tokenizers.Digits(individual_digits=True)] if digits else []
     if split is None:
         steps.append(pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True))
@@ -235,12 +238,18 @@ _LLAMA3_SPLIT = (
     r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|"
     r"\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+_QWEN2_SPLIT = (
+    r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"
+    r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+# name -> (split regex, digits one by one first, NFC first)
 _PRE_TOKENIZERS = {
-    None: (_GPT2_SPLIT, False),
-    "default": (_GPT2_SPLIT, False),
-    "gpt-2": (_GPT2_SPLIT, False),
-    "smollm": (_GPT2_SPLIT, True),  # digits one by one, then GPT-2's split
-    "llama-bpe": (_LLAMA3_SPLIT, False),  # Llama 3
+    None: (_GPT2_SPLIT, False, False),
+    "default": (_GPT2_SPLIT, False, False),
+    "gpt-2": (_GPT2_SPLIT, False, False),
+    "smollm": (_GPT2_SPLIT, True, False),  # digits one by one, then GPT-2's split
+    "llama-bpe": (_LLAMA3_SPLIT, False, False),  # Llama 3
+    "qwen2": (_QWEN2_SPLIT, False, True),  # Qwen2/2.5/3 (NFC as their tokenizer.json)
 }
 
 
@@ -264,12 +273,17 @@ def _build_from_gguf(path: pathlib.Path):
                 f"{path}: pre-tokenizer {pre!r} is not supported; known: "
                 f"{sorted(k for k in _PRE_TOKENIZERS if k)}"
             )
-        split, digits = _PRE_TOKENIZERS[pre]
+        split, digits, nfc = _PRE_TOKENIZERS[pre]
         merges = [tuple(m.split(" ", 1)) for m in get("tokenizer.ggml.merges")]
         vocab = {t: i for i, t in enumerate(tokens)}
         specials = [t for t, kind in zip(tokens, types, strict=True) if kind in (3, 4)]
         backend = _byte_level_tokenizer(
-            vocab, merges, specials, digits=digits, split=None if split == _GPT2_SPLIT else split
+            vocab,
+            merges,
+            specials,
+            digits=digits,
+            split=None if split == _GPT2_SPLIT else split,
+            nfc=nfc,
         )
     elif model == "llama":
         scores = get("tokenizer.ggml.scores")
