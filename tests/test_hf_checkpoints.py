@@ -6,11 +6,13 @@ Every family gets a tiny random checkpoint (`AutoModelForCausalLM.from_config(..
 weight perturbed by 0.1·N(0, 1) so that biases and norm scales matter, `save_pretrained`),
 and a tokenizer.json built offline with `tokenizers` in the layout of the family's real
 tokenizers, saved with the family's transformers tokenizer class (so transformers rebuilds it
-as it does for real checkpoints). Tolerances: fp32 logits to 1e-4 of the largest logit (measured: below 1e-6);
-bfloat16 checkpoints (bfloat16 matmuls) within 2e-2 of our fp32 logits in RMS over all logits
-(the rounding of the weights dominates; the largest single error is 0.4-2.3e-2 of the largest
+as it does for real checkpoints).
+
+Tolerances: fp32 logits to 1e-4 of the largest logit (measured: below 1e-6). bfloat16
+checkpoints (bfloat16 matmuls) within 2e-2 of our fp32 logits in RMS over all logits: the
+rounding of the weights dominates; the largest single error is 0.4-2.3e-2 of the largest
 logit, and transformers' own bfloat16 model is 0.6-2.6e-2 away from its fp32 one on the same
-weights). `slow`: needs torch and transformers.
+weights. `slow`: needs torch and transformers.
 """
 
 import copy
