@@ -7,8 +7,10 @@
   out, cache = prefill(config, params, inputs, cache)
   out, cache = decode_step(config, params, input_B, cache)   # [B] tokens or [B, C] vectors
 
-Configs: `TransformerConfig` (GPT-2 and Llama styles), `MambaConfig` (Mamba-1),
+Configs: `TransformerConfig` (GPT-2, Llama and GPT-NeoX styles), `MambaConfig` (Mamba-1),
 `Mamba2Config` (Mamba-2 / SSD). Named sizes: `preset(name, **overrides)`, `PRESETS`.
+Pretrained models: `pretrained.load` (GGUF files, Hugging Face folders through `hf`); models
+written in Flax: `flax_adapter.from_nnx` / `from_linen`.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from l2m_jax.models import gguf, pretrained
+from l2m_jax.models import flax_adapter, gguf, hf, pretrained
 from l2m_jax.models import ssm as _ssm
 from l2m_jax.models import transformer as _transformer
 from l2m_jax.models.gguf import load_llama_gguf
@@ -25,7 +27,7 @@ from l2m_jax.models.presets import NOMINAL_PARAMS, PRESETS, preset
 from l2m_jax.models.pretrained import PretrainedModel
 from l2m_jax.models.ssm import Mamba2Config, MambaConfig, SSMCache
 from l2m_jax.models.state import StateSize, history_state_size
-from l2m_jax.models.transformer import KVCache, TransformerConfig
+from l2m_jax.models.transformer import KVCache, RopeScaling, TransformerConfig
 
 __all__ = [
     "NOMINAL_PARAMS",
@@ -36,13 +38,16 @@ __all__ = [
     "Mamba2Config",
     "MambaConfig",
     "PretrainedModel",
+    "RopeScaling",
     "SSMCache",
     "StateSize",
     "TransformerConfig",
     "apply",
     "causal_logprob_fn",
     "decode_step",
+    "flax_adapter",
     "gguf",
+    "hf",
     "history_state_size",
     "init",
     "init_cache",
