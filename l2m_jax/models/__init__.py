@@ -111,13 +111,25 @@ def token_logprob_fn(config):
             f"token_logprob_fn needs a token model (head='tokens'), got head={config.head!r}"
         )
     module = _module(config)
-    return causal_logprob_fn(lambda params, x: module.apply(config, params, x), config.bos_id)
+
+    def logprob_fn(params, tokens_BxT):
+        if tokens_BxT.ndim != 2:
+            raise ValueError(f"tokens_BxT must be [B, T], got shape {tuple(tokens_BxT.shape)}")
+        tokens_BxT = tokens_BxT.astype(jnp.int32)
+        bos_Bx1 = jnp.full((tokens_BxT.shape[0], 1), config.bos_id, jnp.int32)
+        inputs_BxT = jnp.concatenate([bos_Bx1, tokens_BxT[:, :-1]], axis=1)
+        logits_BxTxV = module.apply(config, params, inputs_BxT).astype(jnp.float32)
+        picked_BxT = jnp.take_along_axis(logits_BxTxV, tokens_BxT[..., None], axis=-1)[..., 0]
+        return picked_BxT - jax.nn.logsumexp(logits_BxTxV, axis=-1)
+
+    return logprob_fn
 
 
 def causal_logprob_fn(apply_fn, bos_id: int):
-    """The estimators' `logprob_fn(params, tokens_BxT)` for any causal LM
-    `apply_fn(params, inputs_BxT int32) -> logits_BxTxV`: entry t is
-    log q(tokens[t] | bos_id, tokens[:t]), from one pass over [bos_id, tokens[:-1]]."""
+    """The estimators' `logprob_fn(params, tokens_BxT)` for a causal LM written elsewhere
+    (`apply_fn(params, inputs_BxT int32) -> logits_BxTxV`, e.g. a Flax module through
+    `flax_adapter`): entry t is log q(tokens[t] | bos_id, tokens[:t]), from one pass over
+    [bos_id, tokens[:-1]]. Our own models use `token_logprob_fn(config)`."""
 
     def logprob_fn(params, tokens_BxT):
         if tokens_BxT.ndim != 2:
