@@ -99,7 +99,9 @@ def test_an_nnx_module_trains_as_a_plain_optax_loop_does_and_resumes(tmp_path):
     with_bos = np.concatenate([np.full((len(data), 1), V, np.int32), data], axis=1)
     batches = lambda step, batch: with_bos[step * batch : (step + 1) * batch]
     model = flax_adapter.from_nnx(TinyLM(nnx.Rngs(0)))
-    task = train.TokenTask(model.apply_fn, batches, seq_len=9, eval_data=with_bos[-8:])
+    task = train.TokenTask(
+        apply_fn=model.apply_fn, batches=batches, seq_len=9, eval_data=with_bos[-8:]
+    )
     config = train.TrainConfig(
         steps=4,
         batch_size=8,

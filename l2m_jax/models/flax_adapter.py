@@ -9,7 +9,7 @@ Flax NNX module, or a Linen module with its variables:
     model = flax_adapter.from_linen(module, variables, bos_id=0)   # a linen.Module
 
     bipartite_mi(model.logprob_fn, model.params, docs, splits)            # as the estimator
-    task = train.TokenTask(model.apply_fn, batches, seq_len, eval_data)   # as the trained model
+    task = train.TokenTask(apply_fn=model.apply_fn, batches=..., seq_len=..., eval_data=...)
     result = train.fit(task, model.params, config, out_dir=...)           # checkpoints too
     trained = model.merge(result.state.params)   # the NNX module (Linen: its variables)
 
