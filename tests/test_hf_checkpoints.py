@@ -60,6 +60,26 @@ QWEN2_SPLIT = (
 )
 
 
+@pytest.mark.parametrize("name", ["gpt2", "pythia", "qwen3", "mamba2"])
+def test_model_parallel_placement_of_fused_and_squeezed_tensors(checkpoints, name):
+    """Each device reads its slice of GPT-2's fused c_attn columns, of GPT-NeoX's per-head
+    q|k|v rows, of Qwen3's q/k norms and of Mamba-2's conv kernels; the logits do not move."""
+    from jax.sharding import AxisType, NamedSharding, PartitionSpec
+
+    ckpt = checkpoints(name)
+    mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
+    split = pretrained.load(ckpt.folder, mesh=mesh)
+    leaves = jax.tree.leaves(split.params)
+    assert sum(a.sharding.spec != PartitionSpec(*[None] * a.ndim) for a in leaves) >= 5
+    tokens = jax.device_put(
+        jnp.asarray(np.tile(ckpt.tokens, (4, 1))), NamedSharding(mesh, PartitionSpec("data"))
+    )
+    got = np.asarray(split.logprob_fn(split.params, tokens))[:2]
+    model, _ = ckpt.ours()
+    want = np.asarray(model.logprob_fn(model.params, jnp.asarray(ckpt.tokens)))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 # ----------------------------------------------------------------------------- tokenizers
 
 
