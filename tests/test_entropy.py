@@ -1,10 +1,14 @@
 """Entropy estimators against independent float64 implementations of each formula."""
 
+import itertools
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.special as sp
+from scipy import integrate, stats
 
 from l2m_jax.information import entropy
 from l2m_jax.information.entropy import _count_of_counts
@@ -84,6 +88,10 @@ def test_jit_in_float64(x64):
 def test_bad_input():
     with pytest.raises(ValueError, match="method"):
         entropy([1, 2], "shannon")
+    with pytest.raises(ValueError, match="bins"):
+        entropy([1, 2, 3], "nsb", bins=2)  # fewer bins than occupied ones
+    with pytest.raises(ValueError, match="eagerly"):
+        jax.jit(entropy, static_argnames="method")(jnp.array([1, 2]), method="nsb")
     with pytest.raises(ValueError, match="non-negative"):
         entropy([3, -1])
     with pytest.raises(ValueError, match="empty"):
@@ -96,3 +104,113 @@ def test_bad_input():
         entropy(np.array(["a"]))
     with pytest.raises(ValueError, match="multiplicity"):
         entropy([1, 2], multiplicity=[1, 2, 3])
+
+
+# ------------------------------------------------------------------------------------ NSB
+
+
+def _compositions(total, bins):
+    """Every count vector of `bins` non-negative entries summing to `total`."""
+    for cuts in itertools.combinations(range(total + bins - 1), bins - 1):
+        edges = (-1, *cuts, total + bins - 1)
+        yield np.diff(edges) - 1
+
+
+def _binary_entropy(p):
+    return -sp.xlogy(p, p) - sp.xlogy(1 - p, 1 - p)
+
+
+def test_nsb_dirichlet_moments_match_quadrature():
+    """E[H | n, a] and E[H² | n, a] (Wolpert & Wolf) against quadrature over Beta(n + a)."""
+    from l2m_jax.information.entropy import _nsb_moments
+
+    for n1, n2, a in [(0, 3, 0.2), (5, 1, 1.0), (7, 7, 0.05), (40, 2, 3.0)]:
+        beta = stats.beta(n1 + a, n2 + a)
+        want1 = integrate.quad(lambda p, b=beta: _binary_entropy(p) * b.pdf(p), 0, 1)[0]
+        want2 = integrate.quad(lambda p, b=beta: _binary_entropy(p) ** 2 * b.pdf(p), 0, 1)[0]
+        c = np.array([v for v in (n1, n2) if v > 0], np.float64)
+        m = np.ones_like(c)
+        if c.size == 2 and c[0] == c[1]:
+            c, m = c[:1], np.array([2.0])
+        got1, got2 = _nsb_moments(np.log([a]), c, m, 2, float(n1 + n2))
+        np.testing.assert_allclose(got1[0], want1, rtol=1e-9)
+        np.testing.assert_allclose(got2[0], want2, rtol=1e-9)
+
+
+def test_nsb_is_the_posterior_mean_under_its_prior():
+    """Averaged over the prior predictive, the posterior mean equals the prior mean of H.
+
+    NSB's prior makes E[H | a] uniform on (0, log K), so the prior mean of H is log(K)/2:
+    Σ_n P(n) Ĥ(n) = log(K)/2 exactly, P(n) = ∫ p(a) DirMult(n | a) da. Enumerated over all
+    count vectors of K = 3 bins and N = 6 samples, P(n) by quadrature over log a.
+    """
+    bins, total = 3, 6
+
+    def prior(a):  # dE[H|a]/da normalised over (0, ∞)
+        return (bins * sp.polygamma(1, bins * a + 1) - sp.polygamma(1, a + 1)) / math.log(bins)
+
+    def dirmult(n, a):
+        return math.exp(
+            sp.gammaln(total + 1) - sp.gammaln(n + 1).sum() + sp.gammaln(bins * a)
+            - sp.gammaln(total + bins * a) + (sp.gammaln(n + a) - sp.gammaln(a)).sum()
+        )  # fmt: skip
+
+    mass = mean = 0.0
+    for n in _compositions(total, bins):
+
+        def density(u, n=n):
+            return prior(math.exp(u)) * dirmult(n, math.exp(u)) * math.exp(u)
+
+        p_n = integrate.quad(density, -40, 25, limit=200, epsabs=1e-13)[0]
+        mass += p_n
+        mean += p_n * entropy(n, "nsb").value
+    np.testing.assert_allclose(mass, 1.0, rtol=1e-8)
+    np.testing.assert_allclose(mean, math.log(bins) / 2, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("p", "total"),
+    [
+        ([0.6, 0.3, 0.1], 5),
+        ([0.6, 0.3, 0.1], 12),
+        ([0.85, 0.1, 0.05], 12),
+        ([0.5, 0.25, 0.15, 0.1], 5),
+    ],
+)
+def test_nsb_mean_over_all_samples_is_within_its_stated_error(p, total):
+    """Exact expectation over every multinomial sample (enumerated, weighted by its
+    probability): |E[Ĥ] − H| is below the stated error sqrt(E[σ̂²]).
+
+    Away from the maximum-entropy boundary; at uniform p the posterior mean is pulled
+    inward (K = 4: E[Ĥ] − H = −0.27, −0.13, −0.056 at N = 5, 12, 30, about 1.1–1.3 stated
+    errors), as any posterior mean of a quantity at the edge of its range is.
+    """
+    p = np.asarray(p)
+    true = float(-(p * np.log(p)).sum())
+    mean = second = 0.0
+    for n in _compositions(total, p.size):
+        weight = stats.multinomial.pmf(n, total, p)
+        est = entropy(n, "nsb")
+        mean += weight * est.value
+        second += weight * est.stderr**2
+    assert abs(mean - true) <= math.sqrt(second), (mean - true, math.sqrt(second))
+
+
+def test_nsb_is_not_worse_than_grassberger_on_zipf():
+    """Zipf(1.1) over V = 50 000, N = 10^5 samples: mean bias over 8 seeds.
+
+    Measured: NSB +0.041 ± 0.003, Grassberger −0.060 ± 0.003 nats (H = 6.463).
+    """
+    vocab, total = 50_000, 100_000
+    p = np.arange(1, vocab + 1, dtype=np.float64) ** -1.1
+    p /= p.sum()
+    true = float(-(p * np.log(p)).sum())
+    rng = np.random.default_rng(0)
+    bias = np.array(
+        [
+            [entropy(n, m).value - true for m in ("nsb", "grassberger")]
+            for n in (rng.multinomial(total, p) for _ in range(8))
+        ]
+    )
+    nsb, grassberger = bias.mean(axis=0)
+    assert abs(nsb) < abs(grassberger), (nsb, grassberger)

@@ -1,10 +1,15 @@
-"""Two-point MI I_TP(d) from token counts, with the bias-corrected power-law fit.
+"""Two-point MI I_TP(d) from token counts: raw, surrogate and bias-corrected, with the fit.
 
 Counts the ordered pairs (w_i, w_i+d) inside documents for every distance in one pass and
-estimates Î_TP(d) with Grassberger entropies (± delta-method standard errors, iid pairs), then
-fits Î = A·d^−α + C (C absorbs the estimator's positive bias) and reports α ± stderr. The bias
-grows where pairs get fewer (the largest d), which a constant C cannot absorb, so by default
-the fit stops at the distance of the smallest estimate (--fit-range all|a-b to choose).
+estimates Î_TP(d) (Grassberger entropies by default, --method nsb for NSB; marginals from all
+unigrams, the paper's form, or --marginals pairs). The estimator's bias dominates at large d
+on real text, so by default --shuffles 4 surrogates with the tokens shuffled inside each
+document (--surrogate within; global: across the corpus) are counted too and subtracted; the
+corrected curve is fitted by a plain power law A·d^−α. --surrogate none reports the raw
+estimates with the paper's offset fit A·d^−α + C. Either way the offset fit of the raw
+estimates is profiled over C (its minima, and which one the optimiser returns), and
+--bootstrap N resamples blocks of documents for α's interval. The fitted distances are a
+stated rule (--fit-range auto|all|a-b; see `l2m_jax.information.two_point_mi_from_counts`).
 
 Tokens come from one of:
   --tokens FILE           .npy of int token ids: [T] is one document, [n_docs, T] is n_docs
@@ -14,9 +19,14 @@ Tokens come from one of:
   --corpus C --tokenizer T  a text corpus (sword, shakespeare, pg19, a folder of .txt files)
                           tokenized with T (gpt2, bytes, smollm2, …), cached after the first run
 
+  --source copy           Zipfian tokens (V = 4096) that repeat earlier ones at power-law
+                          lags (`sources.copy_source`), undersampled like text
+
 Examples:
   l2m two-point --source markov --docs 1000 --length 1000 --distances 1-64
-  l2m two-point --corpus sword --tokenizer gpt2 --distances 1..4096 --json tp.json --plot tp.png
+  l2m two-point --source copy --docs 16 --length 10000 --distances 1..512
+  l2m two-point --corpus sword --tokenizer gpt2 --distances 1..4096 --bootstrap 50 \
+      --json tp.json --plot tp.png
   l2m two-point --tokens corpus.npz --vocab-size 50257 --distances 1..1024
 """
 
@@ -36,7 +46,7 @@ from l2m_jax.experiments._common import (
     write_json,
 )
 
-SOURCES = ("markov", "hidden_markov")
+SOURCES = ("markov", "hidden_markov", "copy")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,10 +70,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="counting: NumPy on CPU, sharded XLA sort on GPU/TPU (auto)",
     )
     est.add_argument(
+        "--marginals",
+        choices=["unigrams", "pairs"],
+        default="unigrams",
+        help="marginal entropies: of all unigrams, 2·H(W) − H(pairs), the paper's (default); "
+        "or of each distance's pairs",
+    )
+    est.add_argument(
+        "--surrogate",
+        choices=["within", "global", "shift", "none"],
+        default="within",
+        help="bias surrogate: tokens shuffled within documents (default), across the corpus, "
+        "shift (far pairs within documents, bursts kept), or none (raw + offset fit)",
+    )
+    est.add_argument("--shuffles", type=int, default=4, help="surrogates averaged (≥ 2)")
+    est.add_argument(
+        "--method",
+        choices=["grassberger", "nsb", "miller_madow", "plugin"],
+        default="grassberger",
+        help="entropy estimator (default grassberger, the paper's; nsb: low bias, slower)",
+    )
+    est.add_argument(
         "--fit-range",
         default="auto",
-        help="distances to fit: auto (up to the smallest estimate; default), all, or e.g. 1-512",
+        help="distances to fit: auto (corrected: while the estimate exceeds 3 stderr; raw: up "
+        "to the smallest estimate), all, or e.g. 1-512",
     )
+    est.add_argument(
+        "--bootstrap", type=int, default=0, help="document-block bootstrap resamples for α (0)"
+    )
+    est.add_argument("--blocks", type=int, default=100, help="blocks of documents resampled")
     est.add_argument("--chunk-tokens", type=int, default=1 << 24, help="tokens per chunk")
     out = parser.add_argument_group("output")
     out.add_argument("--json", type=str, default=None, help="write every figure here")
@@ -85,11 +121,14 @@ def _documents(args) -> tuple[list[np.ndarray], int | None, object, str]:
 
         if args.docs < 1 or args.length < 2:
             raise ValueError("--docs must be ≥ 1 and --length ≥ 2")
-        src = (
-            markov_chain(seed=args.seed)
-            if args.source == "markov"
-            else hidden_markov(seed=args.seed)
-        )
+        from l2m_jax.sources import copy_source
+
+        if args.source == "markov":
+            src = markov_chain(seed=args.seed)
+        elif args.source == "hidden_markov":
+            src = hidden_markov(seed=args.seed)
+        else:
+            src = copy_source()
         tokens = np.asarray(src.sample(jax.random.key(args.seed), args.docs, args.length))
         return list(tokens), src.vocab_size, src, src.name
     try:
@@ -109,38 +148,92 @@ def _fit_range(text: str):
     return min(ds), max(ds)
 
 
+def _fit_json(fit) -> dict | None:
+    if fit is None:
+        return None
+    return {
+        "alpha": -fit.exponent,
+        "alpha_stderr": fit.exponent_stderr,
+        "amplitude": fit.amplitude,
+        "offset": fit.offset,
+        "residual_std": fit.residual_std,
+    }
+
+
 def measure(args: argparse.Namespace) -> dict:
     """Counts, estimates and fits as the arguments say; returns every figure as a dict."""
     from l2m_jax.information import two_point_mi
 
     docs, vocab_size, src, label = _documents(args)
+    surrogate = None if args.surrogate == "none" else args.surrogate
     t0 = time.perf_counter()
     result = two_point_mi(
         docs,
         args.distances,
         vocab_size,
+        marginals=args.marginals,
+        surrogate=surrogate,
+        shuffles=args.shuffles,
+        method=args.method,
+        fit_range=_fit_range(args.fit_range),
+        bootstrap=args.bootstrap,
+        blocks=args.blocks,
+        seed=args.seed,
         chunk_tokens=args.chunk_tokens,
         implementation=args.implementation,
         progress=not args.quiet,
-        fit_range=_fit_range(args.fit_range),
     )
     seconds = time.perf_counter() - t0
+    boot = result.bootstrap
+    profile = result.offset_profile
     out = {
         "label": label,
         "tokens": result.tokens,
         "documents": result.documents,
-        "vocab_size": vocab_size if vocab_size is not None else None,
+        "vocab_size": vocab_size,
         "seconds": seconds,
+        "marginals": result.marginals,
+        "surrogate": result.surrogate,
+        "shuffles": result.shuffles,
+        "method": result.method,
         "distances": result.distances,
         "mi": result.mi,
         "stderr": result.stderr,
+        "mi_raw": result.mi_raw,
+        "stderr_raw": result.stderr_raw,
+        "mi_surrogate": result.mi_surrogate,
+        "surrogate_spread": result.surrogate_spread,
         "pairs": result.pairs,
         "fit": {
+            "kind": result.fit,
+            "of": "mi (corrected)" if result.fit == "power_law" else "mi_raw",
+            "range": result.fit_range,
             "alpha": result.alpha,
             "alpha_stderr": result.alpha_stderr,
             "amplitude": result.amplitude,
             "offset": result.offset,
             "distances": result.fit_distances,
+            "bootstrap": None
+            if boot is None
+            else {
+                "low": boot.low,
+                "high": boot.high,
+                "std": boot.std,
+                "confidence": 0.95,
+                "resamples": boot.resamples,
+                "failed": boot.failed,
+                "blocks": args.blocks,
+            },
+        },
+        "offset_fit": _fit_json(result.offset_fit),
+        "offset_profile": None
+        if profile is None
+        else {
+            "offsets": profile.offsets,
+            "residual_std": profile.residual_std,
+            "alpha": -profile.exponents,
+            "minima": [_fit_json(m) for m in profile.minima],
+            "chosen": profile.chosen,
         },
     }
     if src is not None:
@@ -149,54 +242,113 @@ def measure(args: argparse.Namespace) -> dict:
 
 
 def _print(res: dict) -> None:
-    headers = ["d", "pairs", "I_TP (nats)", "stderr"]
+    corrected = res["surrogate"] is not None
+    headers = ["d", "pairs", "raw I_TP"]
+    if corrected:
+        headers += [f"surrogate ({res['surrogate']})", "corrected"]
+    headers += ["stderr"]
     exact = res.get("exact")
     if exact is not None:
         headers += ["exact", "(est−exact)/se"]
     rows = []
     for k, d in enumerate(res["distances"]):
-        row = [int(d), int(res["pairs"][k]), float(res["mi"][k]), float(res["stderr"][k])]
+        row = [int(d), int(res["pairs"][k]), float(res["mi_raw"][k])]
+        if corrected:
+            row += [float(res["mi_surrogate"][k]), float(res["mi"][k])]
+        row += [float(res["stderr"][k])]
         if exact is not None:
             row += [float(exact[k]), float((res["mi"][k] - exact[k]) / res["stderr"][k])]
         rows.append(row)
     print(
         f"two-point MI of {res['label']}: {res['tokens']} tokens in {res['documents']} "
-        f"documents, {res['seconds']:.1f} s"
+        f"documents, {res['seconds']:.1f} s; {res['method']} entropies, marginals from "
+        f"{res['marginals']}, surrogate {res['surrogate'] or 'none'}"
+        + (f" ({res['shuffles']} shuffles)" if corrected else "")
     )
     print_table(headers, rows)
     fit = res["fit"]
+    form = "A·d^−α" if fit["kind"] == "power_law" else "A·d^−α + C"
+    what = "corrected" if fit["kind"] == "power_law" else "raw"
     if fit["alpha"] is None:
-        print("fit I = A·d^−α + C: needs at least 4 distances with a positive estimate")
+        print(f"fit {what} I = {form}: too few distances qualify ({fit['range']})")
     else:
-        print(
-            f"fit I = A·d^−α + C over {len(fit['distances'])} distances: "
-            f"α = {fit['alpha']:.4g} ± {fit['alpha_stderr']:.2g}, A = {fit['amplitude']:.4g}, "
-            f"C = {fit['offset']:.3g} (bias)"
+        line = (
+            f"fit {what} I = {form} over d = {', '.join(str(int(d)) for d in fit['distances'])}"
+            f" [{fit['range']}]: α = {fit['alpha']:.4g} ± {fit['alpha_stderr']:.2g}, "
+            f"A = {fit['amplitude']:.4g}"
         )
+        if fit["offset"] is not None:
+            line += f", C = {fit['offset']:.4g} (bias)"
+        print(line)
+        if fit["bootstrap"] is not None:
+            b = fit["bootstrap"]
+            print(
+                f"  document-block bootstrap ({b['resamples']} resamples of {b['blocks']} "
+                f"blocks): α in [{b['low']:.4g}, {b['high']:.4g}] (95%), std {b['std']:.2g}"
+            )
+    profile = res["offset_profile"]
+    if profile is not None:
+        print("offset fit of the raw estimates, A·d^−α + C, profiled over C — its minima:")
+        for i, m in enumerate(profile["minima"]):
+            mark = "  <- returned by the optimiser" if i == profile["chosen"] else ""
+            print(
+                f"  C = {m['offset']:.4g}: α = {m['alpha']:.4g} ± {m['alpha_stderr']:.2g}, "
+                f"residual std {m['residual_std']:.3g}{mark}"
+            )
 
 
 def _plot(res: dict, path: str) -> None:
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    d, mi, se = res["distances"], res["mi"], res["stderr"]
-    shown = mi > 0
-    ax.errorbar(d[shown], mi[shown], yerr=se[shown], fmt="o", ms=3, capsize=2, label="estimate")
+    profile = res["offset_profile"]
+    fig, axes = plt.subplots(1, 2 if profile else 1, figsize=(11 if profile else 5.5, 4))
+    ax = axes[0] if profile else axes
+    d = np.asarray(res["distances"], np.float64)
+
+    def curve(values, se, label, fmt):
+        values = np.asarray(values, np.float64)
+        shown = values > 0
+        if se is None:
+            ax.plot(d[shown], values[shown], fmt, ms=3, label=label)
+        else:
+            ax.errorbar(d[shown], values[shown], yerr=np.asarray(se)[shown], fmt=fmt, ms=3,
+                        capsize=2, label=label)  # fmt: skip
+
+    curve(res["mi_raw"], res["stderr_raw"], "raw", "o")
+    if res["surrogate"] is not None:
+        curve(res["mi_surrogate"], None, f"surrogate ({res['surrogate']})", "s--")
+        curve(res["mi"], res["stderr"], "corrected (raw − surrogate)", "D")
     if res.get("exact") is not None:
-        exact = res["exact"]
+        exact = np.asarray(res["exact"])
         pos = exact > 0
         ax.plot(d[pos], exact[pos], "k--", lw=1, label="exact")
     fit = res["fit"]
     if fit["alpha"] is not None:
-        grid = np.geomspace(d.min(), d.max(), 200)
-        curve = fit["amplitude"] * grid ** (-fit["alpha"]) + fit["offset"]
-        ax.plot(grid, curve, "C1-", lw=1.2, label=f"A·d^−α + C, α = {fit['alpha']:.3g}")
-        ax.axhline(fit["offset"], color="C1", ls=":", lw=1, label="C (bias)")
+        fd = np.asarray(fit["distances"], np.float64)
+        grid = np.geomspace(fd.min(), fd.max(), 200)
+        c = fit["offset"] or 0.0
+        form = "A·d^−α" if fit["kind"] == "power_law" else "A·d^−α + C"
+        ax.plot(grid, fit["amplitude"] * grid ** (-fit["alpha"]) + c, "C3-", lw=1.4,
+                label=f"fit {form}, α = {fit['alpha']:.3g}")  # fmt: skip
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("distance d")
     ax.set_ylabel("I_TP(d) (nats)")
-    ax.set_title(f"two-point MI: {res['label']}")
-    ax.legend(fontsize=8)
+    ax.set_title(f"two-point MI: {res['label']}", fontsize=9)
+    ax.legend(fontsize=7)
+    if profile:
+        ax2 = axes[1]
+        ax2.plot(profile["offsets"], profile["residual_std"], "C0-", lw=1)
+        for i, m in enumerate(profile["minima"]):
+            chosen = i == profile["chosen"]
+            label = f"C = {m['offset']:.3g}: α = {m['alpha']:.3g}" + (" (returned)" * chosen)
+            style = {"marker": "*", "ms": 10, "color": "C3"} if chosen else {"marker": "o"}
+            ax2.plot(m["offset"], m["residual_std"], ls="none", label=label, **style)
+        ax2.set_yscale("log")
+        ax2.set_xlabel("offset C (nats)")
+        ax2.set_ylabel("residual std of log(I_raw − C)")
+        ax2.set_title("offset fit A·d^−α + C of the raw estimates, profiled over C", fontsize=9)
+        ax2.legend(fontsize=7)
+    fig.tight_layout()
     save_figure(fig, path)
 
 

@@ -13,12 +13,22 @@ from l2m_jax.information.counting import CountTable, PairCounts, count_ngrams, c
 from l2m_jax.information.entropy import EntropyEstimate, entropy
 from l2m_jax.information.fits import (
     BootstrapInterval,
+    OffsetProfile,
     PowerLawFit,
     bootstrap_power_law,
     fit_power_law,
+    offset_profile,
 )
 from l2m_jax.information.gaussian import gaussian_mi
-from l2m_jax.information.two_point import TwoPointResult, two_point_mi, two_point_mi_from_counts
+from l2m_jax.information.two_point import (
+    TwoPointEstimates,
+    TwoPointResult,
+    shifted_pair_counts,
+    shuffle_documents,
+    two_point_estimates,
+    two_point_mi,
+    two_point_mi_from_counts,
+)
 
 __all__ = [
     "BipartiteResult",
@@ -27,9 +37,11 @@ __all__ = [
     "DocumentScores",
     "EntropyEstimate",
     "ExponentFit",
+    "OffsetProfile",
     "PairCounts",
     "PowerLawFit",
     "ScoringPlan",
+    "TwoPointEstimates",
     "TwoPointResult",
     "bipartite_estimates",
     "bipartite_mi",
@@ -39,7 +51,11 @@ __all__ = [
     "entropy",
     "fit_power_law",
     "gaussian_mi",
+    "offset_profile",
     "scoring_plan",
+    "shifted_pair_counts",
+    "shuffle_documents",
+    "two_point_estimates",
     "two_point_mi",
     "two_point_mi_from_counts",
 ]

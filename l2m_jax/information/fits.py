@@ -8,6 +8,7 @@ bias-corrected fit of two-point MI, where C absorbs the estimator's positive bia
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -174,3 +175,89 @@ def bootstrap_power_law(
     return BootstrapInterval(
         float(low), float(high), float(exps.std(ddof=1)), int(ok.sum()), int((~ok).sum())
     )
+
+
+# ---------------------------------------------------------------- offset-fit profile over C
+
+
+class OffsetProfile(NamedTuple):
+    """The offset fit y = A·x^b + C profiled over C: (A, b) by least squares at each C.
+
+    Attributes:
+      offsets: [G] the grid of C over [0, min y), denser towards min y.
+      residual_std: [G] standard deviation of the log-space residuals at each C (three
+        parameters: the sum of squares over n − 3).
+      exponents: [G] the fitted b at each C.
+      minima: every local minimum of the residual over C, refined, as `PowerLawFit`s with
+        the three-parameter stderr of b; ascending in C. C = 0 counts when the residual
+        rises from it.
+      chosen: index into `minima` of the fit `fit_power_law(x, y, offset=True)` returns.
+    """
+
+    offsets: np.ndarray
+    residual_std: np.ndarray
+    exponents: np.ndarray
+    minima: tuple[PowerLawFit, ...]
+    chosen: int
+
+
+def _fit_at_offset(lx: np.ndarray, y: np.ndarray, c: float) -> PowerLawFit:
+    """A, b by OLS of log(y − C) on log x at a fixed C; stderr of b from the three-parameter
+    Gauss–Newton covariance (C free), as `fit_power_law(offset=True)` reports it."""
+    intercept, slope, _, _ = _ols(lx, np.log(y - c))
+    resid = np.log(y - c) - intercept - slope * lx
+    jac = np.stack([np.ones_like(lx), lx, 1.0 / (y - c)], axis=1)
+    s2 = float(resid @ resid) / (lx.size - 3)
+    cov = s2 * np.linalg.pinv(jac.T @ jac)
+    return PowerLawFit(
+        float(np.exp(intercept)), slope, float(np.sqrt(max(cov[1, 1], 0.0))), c, float(np.sqrt(s2))
+    )
+
+
+def offset_profile(x, y, *, points: int = 241) -> OffsetProfile:
+    """Profiles the offset fit over C in [0, min y) and finds every local minimum.
+
+    The residual of y = A·x^b + C in log space is often bimodal in C on biased two-point
+    estimates: one minimum near C = 0 (a shallow power law through everything) and one as
+    C → min y (a steep one through the few points above the floor). `fit_power_law(...,
+    offset=True)` returns one of them; this shows both, and which one it returned.
+
+    Args:
+      x, y: positive, finite 1-D arrays of equal length (at least 4 points).
+      points: grid size over C (≥ 16): half uniform on [0, min y), half geometric towards
+        min y (down to 1e-7·min y from it).
+    """
+    x, y = _check(x, y, 4)
+    if not isinstance(points, (int, np.integer)) or points < 16:
+        raise ValueError(f"points must be an integer ≥ 16, got {points!r}")
+    lx, ymin = np.log(x), float(y.min())
+    grid = np.union1d(
+        np.linspace(0.0, ymin, points // 2, endpoint=False),
+        ymin * (1.0 - np.geomspace(0.5, 1e-7, points - points // 2)),
+    )
+    grid = grid[np.concatenate([[True], np.diff(grid) > 1e-12 * ymin])]  # the halves meet
+
+    dof = math.sqrt((x.size - 2) / (x.size - 3))  # three parameters, as in `_fit_at_offset`
+
+    def rstd(c: float) -> float:
+        return _ols(lx, np.log(y - c))[3] * dof
+
+    resid = np.array([rstd(c) for c in grid])
+    slopes = np.array([_ols(lx, np.log(y - c))[1] for c in grid])
+    minima = []
+    for i in range(grid.size):
+        left = resid[i - 1] if i else np.inf
+        right = resid[i + 1] if i + 1 < grid.size else np.inf
+        if resid[i] <= left and resid[i] < right:
+            lo = grid[i - 1] if i else grid[0]
+            hi = grid[i + 1] if i + 1 < grid.size else grid[i]
+            c = grid[i]
+            if hi > lo:
+                found = optimize.minimize_scalar(
+                    rstd, bounds=(lo, hi), method="bounded", options={"xatol": 1e-10 * ymin}
+                )
+                c = float(found.x) if found.fun <= resid[i] else c
+            minima.append(_fit_at_offset(lx, y, c))
+    returned = fit_power_law(x, y, offset=True).offset
+    chosen = int(np.argmin([abs(m.offset - returned) for m in minima]))
+    return OffsetProfile(grid, resid, slopes, tuple(minima), chosen)

@@ -1,24 +1,55 @@
 """Two-point mutual information I_TP(d) = I(W_i; W_{i+d}) from pair counts (PAPER.md §3).
 
-For each distance d the ordered pairs (w_i, w_{i+d}) inside documents are counted; with
-Grassberger's entropy estimator Ĥ_G,
+For each distance d the ordered pairs (w_i, w_{i+d}) inside documents are counted and
 
-    Î_TP(d) = Ĥ_G(W_i) + Ĥ_G(W_{i+d}) − Ĥ_G(W_i, W_{i+d}),
+    Î_TP(d) = Ĥ(W_i) + Ĥ(W_{i+d}) − Ĥ(W_i, W_{i+d})
 
-where both marginals are the histograms of the first and second tokens of the same pairs.
-Its standard error is the delta-method one for iid pairs (the paper's entropy form carried
-over to the sum): with N pairs and g(n) = G(n) Grassberger's function,
+with an entropy estimator Ĥ (`method`: Grassberger by default, or NSB, plug-in, Miller–Madow).
+Two conventions for the marginals (`marginals`):
+  "unigrams"  both marginals are Ĥ of the histogram of all tokens: Î = 2·Ĥ(W) − Ĥ(pairs).
+              The official code's form and PAPER.md §3's; the default.
+  "pairs"     the marginals are the histograms of the first and of the second tokens of the
+              pairs at that distance, so all three entropies see the same N pairs.
+They agree once documents are much longer than d (a document of n tokens loses d tokens from
+each end of its pairs); they differ by up to 0.04 nats at d = 4096 on SWORD.
 
-    t(a, b) = G(n_ab) − G(n_a) − G(n_b) + log N,   Î = Σ (n_ab/N) t(a, b),
-    stderr² = Σ (n_ab/N) (t(a, b) − Î)² / N.
+Bias. In the undersampled regime of natural text (V²/N ≈ 400 on SWORD's 6M GPT-2 tokens)
+every entropy estimator's bias of the pair entropy exceeds the signal at large d, and it grows
+as pairs get fewer. A surrogate measures it: the same documents with their tokens shuffled
+(`surrogate`), so that each distance has the same number of pairs and the same unigram
+histogram but no order. "within" shuffles inside each document (it keeps each document's
+composition, so the between-document part of I_TP, which does not decay with d, is removed
+too); "global" shuffles across the corpus keeping document lengths (it keeps that floor).
+A shuffle also destroys bursts (a token repeated a few positions on), which make the raw pairs
+dependent and lower the raw pair entropy: on bursty data a shuffled surrogate under-corrects
+at large d. "shift" keeps them: at every distance token i of a document of n tokens is paired
+with token (i + e) mod n, e drawn once per document in [n/4, 3n/4), so each member keeps its
+neighbourhood but the two lie far apart (n − d pairs, as for the raw estimate). It removes
+I_TP(e) with the bias, so it holds for d well below n/4.
+Over `shuffles` surrogates the corrected estimate is
 
-Pairs from one document are not independent, so treat it as a lower bound on the spread.
-The estimator's positive bias dominates at large d; the paper's fit Î = A·d^−α + C with C in
-(0, min Î) absorbs it as C and reports the decay exponent α.
+    Î(d) = Î_raw(d) − mean_s Î_s(d),   stderr² = se_raw² + var_s(Î_s)/S,
+
+se_raw being the delta-method standard error for iid pairs (with N pairs, G Grassberger's
+function and marginal counts of the pairs' first and second tokens),
+
+    t(a, b) = G(n_ab) − G(n_a) − G(n_b) + log N,   se_raw² = Σ (n_ab/N) (t(a, b) − Î)² / N.
+
+Pairs from one document are not independent, so se_raw is a lower bound on the spread; on
+bursty text (tokens that repeat within a few positions) a shuffled surrogate also misses
+part of the raw estimate's bias, which leaves a positive remainder at large d.
+
+The fit. With a surrogate the corrected curve is fitted by a plain power law A·d^−α (least
+squares in log-log space) over `fit_range`. Without one, the paper's offset fit A·d^−α + C
+(C in (0, min Î) absorbing the bias) is used; on biased estimates its residual over C has
+two minima (C → 0 and C → min Î), which `offset_profile` shows. A document-block bootstrap
+(`bootstrap` resamples of documents, each resample recounted from per-block tables) gives
+α's percentile interval.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import math
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -26,27 +57,84 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from l2m_jax.information.counting import PairCounts, count_pairs
-from l2m_jax.information.entropy import _count_of_counts, _grassberger_g_host, entropy
-from l2m_jax.information.fits import fit_power_law
+from l2m_jax.information.counting import (
+    CountTable,
+    PairCounts,
+    _as_documents,
+    _host_workers,
+    _key_dtype,
+    _run_lengths,
+    count_pairs,
+)
+from l2m_jax.information.entropy import (
+    METHODS,
+    _count_of_counts,
+    _grassberger_g_np,
+    entropy_from_count_of_counts,
+)
+from l2m_jax.information.fits import (
+    BootstrapInterval,
+    OffsetProfile,
+    PowerLawFit,
+    fit_power_law,
+    offset_profile,
+)
 
-__all__ = ["TwoPointResult", "two_point_mi", "two_point_mi_from_counts"]
+__all__ = [
+    "MARGINALS",
+    "SURROGATES",
+    "TwoPointEstimates",
+    "TwoPointResult",
+    "shifted_pair_counts",
+    "shuffle_documents",
+    "two_point_estimates",
+    "two_point_mi",
+    "two_point_mi_from_counts",
+]
+
+MARGINALS = ("unigrams", "pairs")
+SURROGATES = ("within", "global", "shift", None)
+
+
+class TwoPointEstimates(NamedTuple):
+    """Î_TP(d) of one set of pair counts (no surrogate, no fit).
+
+    Attributes:
+      mi: [K] the estimate per distance, nats.
+      stderr: [K] delta-method standard error (iid pairs).
+      pairs: [K] pairs counted per distance.
+    """
+
+    mi: np.ndarray
+    stderr: np.ndarray
+    pairs: np.ndarray
 
 
 class TwoPointResult(NamedTuple):
-    """I_TP(d) per distance and the bias-corrected power-law fit.
+    """I_TP(d) per distance, its bias correction and the power-law fit.
 
     Attributes:
       distances: [K] the distances d, ascending.
-      mi: [K] Î_TP(d) in nats (Grassberger entropies).
-      stderr: [K] delta-method standard error of `mi` (iid pairs).
+      mi: [K] the estimate in nats: `mi_raw − mi_surrogate` with a surrogate, else `mi_raw`.
+      stderr: [K] standard error of `mi` (module docstring).
       pairs: [K] number of pairs counted at each distance.
-      alpha: decay exponent α of the fit Î = A·d^−α + C (None if fewer than 4 positive Î).
-      alpha_stderr: standard error of α.
+      alpha: decay exponent α of the fit (None when too few distances qualify).
+      alpha_stderr: standard error of α from the fit's residuals.
       amplitude: A.
-      offset: C, the part of Î attributed to the estimator's bias.
-      fit_distances: the distances the fit used (Î > 0, within `fit_range`).
+      offset: C of the offset fit (None for the plain power law used with a surrogate).
+      fit_distances: the distances the fit used.
       tokens: tokens counted; documents: non-empty documents counted.
+      mi_raw: [K] the estimate on the corpus as it is.
+      stderr_raw: [K] its delta-method standard error.
+      mi_surrogate: [K] mean estimate over the shuffled surrogates (None without one).
+      surrogate_spread: [K] standard deviation of the surrogate estimates over shuffles.
+      marginals, surrogate, method, shuffles: the conventions used.
+      fit: "power_law" (A·d^−α on `mi`) or "offset" (A·d^−α + C on `mi_raw`).
+      fit_range: the rule that chose `fit_distances`, in words.
+      offset_fit: the paper's offset fit of `mi_raw` (over distances up to its smallest
+        value, or `fit_range` if given), whichever `fit` is; None if it does not apply.
+      offset_profile: that fit's residual profiled over C (`fits.offset_profile`), or None.
+      bootstrap: percentile interval of α under resampling of documents (None if not run).
     """
 
     distances: np.ndarray
@@ -60,100 +148,419 @@ class TwoPointResult(NamedTuple):
     fit_distances: np.ndarray
     tokens: int
     documents: int
+    mi_raw: np.ndarray
+    stderr_raw: np.ndarray
+    mi_surrogate: np.ndarray | None
+    surrogate_spread: np.ndarray | None
+    marginals: str
+    surrogate: str | None
+    method: str
+    shuffles: int
+    fit: str
+    fit_range: str
+    offset_fit: PowerLawFit | None
+    offset_profile: OffsetProfile | None
+    bootstrap: BootstrapInterval | None
 
 
-def _entropy_and_g(counts: np.ndarray) -> tuple[float, np.ndarray]:
-    """Grassberger entropy of a histogram and G(n) at each entry (0 where n = 0).
-
-    One count-of-counts serves both: the digamma runs only at the distinct counts.
-    """
-    values, multiplicity = _count_of_counts(counts)
-    h = float(entropy(values, multiplicity=multiplicity).value)
-    g_values = _grassberger_g_host(values)
-    if values[-1] <= 1 << 24:  # dense lookup table
-        lookup = np.zeros(int(values[-1]) + 1)
-        lookup[values] = g_values
-        return h, lookup[counts]
-    return h, np.where(counts > 0, g_values[np.searchsorted(values, counts)], 0.0)
+# ------------------------------------------------------------------------------- arguments
 
 
-def _one_distance(counts: PairCounts, k: int) -> tuple[float, float, int]:
-    table, vocab = counts.tables[k], counts.vocab_size
-    if table.keys.size == 0:
+def _check_options(marginals, surrogate, method, shuffles=None) -> None:
+    if marginals not in MARGINALS:
+        raise ValueError(f"marginals must be one of {MARGINALS}, got {marginals!r}")
+    if surrogate not in SURROGATES:
         raise ValueError(
-            f"no pairs at distance {counts.distances[k]}: every document is shorter than "
-            f"{counts.distances[k] + 1} tokens; drop that distance"
+            f"surrogate must be one of {SURROGATES} (None: no bias correction), got {surrogate!r}"
         )
-    first, second = np.divmod(table.keys, table.keys.dtype.type(vocab))
-    if first.dtype == np.uint64:  # 64-bit keys (V > 65 535): the ids themselves fit intp
-        first, second = first.astype(np.intp), second.astype(np.intp)
-    weights = table.counts.astype(np.float64)  # exact below 2^53
-    n_first = np.bincount(first, weights=weights, minlength=vocab).astype(np.int64)
-    n_second = np.bincount(second, weights=weights, minlength=vocab).astype(np.int64)
-    h_first, g_first = _entropy_and_g(n_first)
-    h_second, g_second = _entropy_and_g(n_second)
-    h_pair, t = _entropy_and_g(table.counts)
-    mi = h_first + h_second - h_pair
-    total = int(table.counts.sum())
-    # t(a, b) − Î = G(n_ab) − G(n_a) − G(n_b) + log N − Î, built in place
-    t -= g_first[first]
-    t -= g_second[second]
-    t += math.log(total) - mi
-    np.square(t, out=t)
-    variance = float(np.dot(weights, t)) / total
-    return mi, math.sqrt(variance / total), total
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if shuffles is not None and surrogate is not None:
+        if not isinstance(shuffles, (int, np.integer)) or isinstance(shuffles, bool):
+            raise ValueError(f"shuffles must be an integer ≥ 2, got {shuffles!r}")
+        if shuffles < 2:
+            raise ValueError(
+                f"shuffles must be ≥ 2 (their spread is part of the stderr), got {shuffles}"
+            )
 
 
-def two_point_mi_from_counts(
-    counts: PairCounts, *, fit_range: tuple[int, int] | str = "auto"
-) -> TwoPointResult:
-    """I_TP(d) with standard errors and the bias-corrected fit, from `count_pairs` output.
-
-    Which distances the fit uses (`fit_range`):
-      "auto"      d up to the distance of the smallest estimate. Past it the estimates rise:
-                  the bias grows as pairs get fewer, which a constant C cannot absorb.
-      "all"       every distance.
-      (lo, hi)    lo ≤ d ≤ hi.
-    Only distances with Î > 0 enter the log-log fit, and at least 4 are needed.
-    """
-    per_d = [_one_distance(counts, k) for k in range(len(counts.distances))]
-    distances = np.asarray(counts.distances, np.int64)
-    mi = np.array([m for m, _, _ in per_d])
-    stderr = np.array([s for _, s, _ in per_d])
-    pairs = np.array([n for _, _, n in per_d], np.int64)
-    positive = mi > 0
-    if isinstance(fit_range, str) and fit_range == "auto":
-        positive &= distances <= distances[np.argmin(mi)]
-    elif isinstance(fit_range, str) and fit_range == "all":
-        pass
+def _check_fit_range(fit_range):
+    if isinstance(fit_range, str):
+        if fit_range in ("auto", "all"):
+            return fit_range
     else:
         try:
             lo, hi = (int(v) for v in fit_range)
         except (TypeError, ValueError):
             lo = hi = 0
-        if not 1 <= lo <= hi:
+        if 1 <= lo <= hi:
+            return lo, hi
+    raise ValueError(
+        f'fit_range must be "auto", "all" or (lo, hi) with 1 ≤ lo ≤ hi, got {fit_range!r}'
+    )
+
+
+# ------------------------------------------------------------------------------- estimates
+
+
+def _histogram_entropy(values: np.ndarray, mult: np.ndarray, method: str, bins: int) -> float:
+    return float(entropy_from_count_of_counts(values, mult, method, bins=bins).value)
+
+
+def _one_distance(table, vocab: int, method: str, h_unigram) -> tuple[float, float, int]:
+    """(Î, delta-method stderr, pairs) of one distance's pair table.
+
+    The keys are sorted, so the first token is non-decreasing: its marginal and its G per
+    pair come from run boundaries (no scatter), and only the second token needs a bincount.
+    """
+    keys, counts = table.keys, table.counts
+    base = keys.dtype.type(vocab)
+    first = keys // base
+    second = keys - first * base
+    bounds = np.searchsorted(first, np.arange(vocab + 1, dtype=first.dtype))
+    runs = np.diff(bounds)  # distinct pairs per first token
+    occupied = runs > 0
+    weights = counts.astype(np.float64)  # exact below 2^53
+    n_first = np.zeros(vocab, np.int64)
+    n_first[occupied] = np.add.reduceat(weights, bounds[:-1][occupied])
+    total = int(n_first.sum())
+    n_second = np.bincount(second, weights=weights, minlength=vocab).astype(np.int64)
+    hist = np.bincount(counts)
+    pair_values = np.flatnonzero(hist)
+    coc = [(pair_values, hist[pair_values])]
+    coc += [_count_of_counts(n) for n in (n_first, n_second)]
+    # Grassberger entropies of the three histograms: the centre of the delta method
+    h_g = [_histogram_entropy(v, m, "grassberger", 0) for v, m in coc]
+    mi_g = h_g[1] + h_g[2] - h_g[0]
+    if method == "grassberger" and h_unigram is None:
+        value = mi_g
+    else:
+        h_pair = _histogram_entropy(*coc[0], method, vocab * vocab)  # Python int: no overflow
+        if h_unigram is not None:
+            value = 2.0 * h_unigram - h_pair
+        else:
+            value = sum(_histogram_entropy(*c, method, vocab) for c in coc[1:]) - h_pair
+    # (t(a, b) − Î)² with t = G(n_ab) − G(n_a) − G(n_b) + log N, built in place
+    lookup = np.zeros(pair_values[-1] + 1)
+    lookup[pair_values] = _grassberger_g_np(pair_values.astype(np.float64))
+    t = lookup[counts]
+    t -= np.repeat(_grassberger_g_np(np.maximum(n_first, 1).astype(np.float64)), runs)
+    t -= _grassberger_g_np(np.maximum(n_second, 1).astype(np.float64))[second]
+    t += math.log(total) - mi_g
+    np.square(t, out=t)
+    return value, math.sqrt(float(np.dot(weights, t)) / total) / math.sqrt(total), total
+
+
+def two_point_estimates(
+    counts: PairCounts, *, marginals: str = "unigrams", method: str = "grassberger"
+) -> TwoPointEstimates:
+    """Î_TP(d) and its delta-method stderr at every distance of `count_pairs` output."""
+    _check_options(marginals, None, method)
+    for d, table in zip(counts.distances, counts.tables, strict=True):
+        if table.keys.size == 0:
             raise ValueError(
-                f'fit_range must be "auto", "all" or (lo, hi) with 1 ≤ lo ≤ hi, got {fit_range!r}'
+                f"no pairs at distance {d}: every document is shorter than {d + 1} tokens; "
+                "drop that distance (or pass longer documents)"
             )
-        positive &= (distances >= lo) & (distances <= hi)
+    vocab = counts.vocab_size
+    h_unigram = None
+    if marginals == "unigrams":
+        h_unigram = _histogram_entropy(*_count_of_counts(counts.unigrams), method, vocab)
+    tables = counts.tables
+    workers = min(len(tables), _host_workers())
+    if workers > 1 and sum(t.keys.size for t in tables) >= 1 << 20:  # NumPy releases the GIL
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            per_d = list(pool.map(lambda t: _one_distance(t, vocab, method, h_unigram), tables))
+    else:
+        per_d = [_one_distance(t, vocab, method, h_unigram) for t in tables]
+    mi, stderr, pairs = (np.array(v) for v in zip(*per_d, strict=True))
+    return TwoPointEstimates(mi, stderr, pairs.astype(np.int64))
+
+
+# ------------------------------------------------------------------------------ surrogates
+
+
+def shuffle_documents(docs: Sequence[np.ndarray], surrogate: str, seed=0) -> list[np.ndarray]:
+    """Documents with their tokens shuffled: "within" each document, or "global" across the
+    corpus (document lengths kept). `seed`: an int or a `np.random.Generator`."""
+    if surrogate not in ("within", "global"):
+        raise ValueError(f'surrogate must be "within" or "global", got {surrogate!r}')
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    docs = [np.asarray(d) for d in docs]
+    if surrogate == "within":
+        return [rng.permutation(d) for d in docs]
+    lengths = np.array([d.size for d in docs], np.int64)
+    return np.split(rng.permutation(np.concatenate(docs)), np.cumsum(lengths)[:-1])
+
+
+def shifted_pair_counts(
+    docs: Sequence[np.ndarray], distances, vocab_size: int, seed=0
+) -> PairCounts:
+    """Pair counts of the "shift" surrogate (module docstring): at every distance d, token i
+    of a document of n > d tokens is paired with token (i + e) mod n for i < n − d, with one
+    e per document drawn uniformly in [n/4, 3n/4). `seed`: an int or a `np.random.Generator`."""
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    docs = [np.asarray(d) for d in docs if np.asarray(d).size]
+    distances = tuple(sorted(int(d) for d in distances))
+    dtype = _key_dtype(vocab_size, 2)
+    base = dtype(vocab_size)
+    shifts = [n // 4 + int(rng.integers(0, max(n // 2, 1))) for n in (d.size for d in docs)]
+    tables = []
+    for dist in distances:
+        parts = []
+        for doc, shift in zip(docs, shifts, strict=True):
+            n = doc.size
+            if n > dist:
+                partner = np.roll(doc, -shift)[: n - dist]  # token (i + e) mod n
+                parts.append(doc[: n - dist].astype(dtype) * base + partner.astype(dtype))
+        keys = np.concatenate(parts) if parts else np.zeros(0, dtype)
+        keys.sort()
+        tables.append(
+            _run_lengths(keys, np.empty(keys.size, bool))
+            if keys.size
+            else CountTable(keys, np.zeros(0, np.int32))
+        )
+    tokens = np.concatenate(docs) if docs else np.zeros(0, np.int64)
+    unigrams = np.bincount(tokens.astype(np.intp), minlength=vocab_size).astype(np.int64)
+    return PairCounts(distances, vocab_size, tuple(tables), unigrams, tokens.size, len(docs))
+
+
+def _surrogate_counts(docs, surrogate, distances, vocab, rng, count_kw) -> PairCounts:
+    if surrogate == "shift":
+        return shifted_pair_counts(docs, distances, vocab, rng)
+    return count_pairs(shuffle_documents(docs, surrogate, rng), distances, vocab, **count_kw)
+
+
+# ------------------------------------------------------------------------------------ fits
+
+
+def _fit_mask(distances, mi, stderr, fit_range, corrected: bool) -> tuple[np.ndarray, str]:
+    positive = mi > 0
+    if fit_range == "auto" and corrected:
+        significant = mi > 3.0 * stderr
+        stop = len(mi) if significant.all() else int(np.argmin(significant))
+        mask = np.arange(len(mi)) < stop
+        return mask, "auto: from the smallest d while the estimate exceeds 3 standard errors"
+    if fit_range == "auto":
+        mask = positive & (distances <= distances[np.argmin(mi)])
+        return (
+            mask,
+            "auto: d up to the smallest estimate (past it the bias grows as pairs get fewer)",
+        )
+    if fit_range == "all":
+        return positive, "all: every d with a positive estimate"
+    lo, hi = fit_range
+    return positive & (distances >= lo) & (distances <= hi), f"{lo} ≤ d ≤ {hi}, positive estimates"
+
+
+def _fit(distances, mi, mask, offset: bool) -> PowerLawFit | None:
+    if mask.sum() < (4 if offset else 3):  # parameters + one degree of freedom for the stderr
+        return None
+    return fit_power_law(distances[mask], mi[mask], offset=offset)
+
+
+def _assemble(
+    distances, raw: TwoPointEstimates, surrogates, tokens, documents, options, fit_range, boot=None
+) -> TwoPointResult:
+    marginals, surrogate, method = options
+    fit_range = _check_fit_range(fit_range)
+    # the paper's offset fit of the raw estimates and its profile over C
+    raw_mask, raw_rule = _fit_mask(distances, raw.mi, raw.stderr, fit_range, corrected=False)
+    offset_fit = _fit(distances, raw.mi, raw_mask, offset=True)
+    profile = None
+    if offset_fit is not None:
+        profile = offset_profile(distances[raw_mask], raw.mi[raw_mask])
+    if surrogates:
+        sur_SxK = np.stack([s.mi for s in surrogates])
+        mi_sur = sur_SxK.mean(axis=0)
+        spread = sur_SxK.std(axis=0, ddof=1)
+        mi = raw.mi - mi_sur
+        stderr = np.sqrt(raw.stderr**2 + spread**2 / len(surrogates))
+        mask, rule = _fit_mask(distances, mi, stderr, fit_range, corrected=True)
+        fit, kind = _fit(distances, mi, mask, offset=False), "power_law"
+    else:
+        mi_sur = spread = None
+        mi, stderr, mask, rule = raw.mi, raw.stderr, raw_mask, raw_rule
+        fit, kind = offset_fit, "offset"
     alpha = alpha_stderr = amplitude = offset = None
-    if positive.sum() >= 4:  # A, α, C and one degree of freedom for the stderr
-        fit = fit_power_law(distances[positive], mi[positive], offset=True)
-        alpha, alpha_stderr = -fit.exponent, fit.exponent_stderr
-        amplitude, offset = fit.amplitude, fit.offset
+    if fit is not None:
+        alpha, alpha_stderr, amplitude = -fit.exponent, fit.exponent_stderr, fit.amplitude
+        offset = fit.offset if kind == "offset" else None
     return TwoPointResult(
         distances,
         mi,
         stderr,
-        pairs,
+        raw.pairs,
         alpha,
         alpha_stderr,
         amplitude,
         offset,
-        distances[positive] if alpha is not None else distances[:0],
+        distances[mask] if fit is not None else distances[:0],
+        tokens,
+        documents,
+        raw.mi,
+        raw.stderr,
+        mi_sur,
+        spread,
+        marginals,
+        surrogate,
+        method,
+        len(surrogates),
+        kind,
+        rule,
+        offset_fit,
+        profile,
+        boot,
+    )
+
+
+def two_point_mi_from_counts(
+    counts: PairCounts,
+    surrogate_counts: Sequence[PairCounts] = (),
+    *,
+    marginals: str = "unigrams",
+    method: str = "grassberger",
+    surrogate: str | None = None,
+    fit_range: tuple[int, int] | str = "auto",
+) -> TwoPointResult:
+    """I_TP(d) with standard errors and the fit, from `count_pairs` output.
+
+    Args:
+      counts: pair counts of the corpus (summed over hosts or chunks as needed).
+      surrogate_counts: pair counts of ≥ 2 shuffled copies of it (`shuffle_documents`),
+        counted at the same distances; empty for no bias correction.
+      marginals, method: as for `two_point_mi`.
+      surrogate: the label of the surrogate used ("within", "global" or "shift"), stored in
+        the result.
+      fit_range: distances the fit uses:
+        "auto"    with surrogates, from the smallest d while the corrected estimate exceeds
+                  3 standard errors; without, d up to the distance of the smallest estimate
+                  (past it the bias grows as pairs get fewer, which no constant absorbs).
+        "all"     every distance with a positive estimate.
+        (lo, hi)  lo ≤ d ≤ hi, positive estimates.
+      A plain power law needs 3 such distances, the offset fit 4.
+    """
+    surrogate_counts = list(surrogate_counts)
+    if surrogate_counts and surrogate is None:
+        surrogate = "within"
+    if not surrogate_counts:
+        surrogate = None
+    _check_options(marginals, surrogate, method, len(surrogate_counts) or None)
+    _check_fit_range(fit_range)
+    for s in surrogate_counts:
+        if s.distances != counts.distances or s.vocab_size != counts.vocab_size:
+            raise ValueError(
+                "surrogate_counts must be counted at the distances and vocab_size of counts"
+            )
+    raw = two_point_estimates(counts, marginals=marginals, method=method)
+    surrogates = [
+        two_point_estimates(s, marginals=marginals, method=method) for s in surrogate_counts
+    ]
+    return _assemble(
+        np.asarray(counts.distances, np.int64),
+        raw,
+        surrogates,
         counts.tokens,
         counts.documents,
+        (marginals, surrogate, method),
+        fit_range,
     )
+
+
+# ------------------------------------------------------------------------------- bootstrap
+
+
+def _resampled_mi(counts: PairCounts, weights_RxB, vocab, marginals, method) -> np.ndarray:
+    """Î(d) [R, K] of block-resampled corpora from block-tagged pair counts.
+
+    Token t of block b was counted as b·V + t, so every pair key carries its block; a
+    resample weights block b's pairs and unigrams by weights_RxB[r, b].
+    """
+    blocks = weights_RxB.shape[1]
+    tagged = np.uint64(blocks * vocab)
+    unigram_RxV = weights_RxB @ counts.unigrams.reshape(blocks, vocab).astype(np.float64)
+    h_unigram = None
+    if marginals == "unigrams":
+        h_unigram = [
+            _histogram_entropy(*_count_of_counts(np.rint(u).astype(np.int64)), method, vocab)
+            for u in unigram_RxV
+        ]
+    out = np.empty((weights_RxB.shape[0], len(counts.distances)))
+    for k, table in enumerate(counts.tables):
+        keys = table.keys.astype(np.uint64, copy=False)
+        first, second = np.divmod(keys, tagged)
+        block, first = np.divmod(first, np.uint64(vocab))
+        second = second % np.uint64(vocab)
+        pair_keys, pair_of = np.unique(first * np.uint64(vocab) + second, return_inverse=True)
+        block = block.astype(np.intp)
+        first, second = first.astype(np.intp), second.astype(np.intp)
+        for r, w_B in enumerate(weights_RxB):
+            w = w_B[block] * table.counts
+            n_pair = np.rint(np.bincount(pair_of, weights=w, minlength=pair_keys.size))
+            h_pair = _histogram_entropy(
+                *_count_of_counts(n_pair.astype(np.int64)), method, vocab * vocab
+            )
+            if h_unigram is not None:
+                out[r, k] = 2.0 * h_unigram[r] - h_pair
+                continue
+            h_marg = 0.0
+            for ids in (first, second):
+                n = np.rint(np.bincount(ids, weights=w, minlength=vocab)).astype(np.int64)
+                h_marg += _histogram_entropy(*_count_of_counts(n), method, vocab)
+            out[r, k] = h_marg - h_pair
+    return out
+
+
+def _document_bootstrap(
+    docs, result: TwoPointResult, vocab, *, resamples, blocks, confidence, rng, count_kw
+) -> BootstrapInterval | None:
+    """Percentile interval of α when blocks of consecutive documents are resampled."""
+    offset = result.fit == "offset"
+    fit_mask = np.isin(result.distances, result.fit_distances)
+    if result.alpha is None:
+        return None
+    sizes = [d for d in docs if d.size]
+    n_blocks = min(blocks, len(sizes))
+    if n_blocks < 2:
+        raise ValueError("a document bootstrap needs at least 2 non-empty documents")
+    block_of = (np.arange(len(sizes)) * n_blocks) // len(sizes)
+
+    def tagged(ds):
+        return [d.astype(np.int64) + b * vocab for d, b in zip(ds, block_of, strict=True)]
+
+    weights_RxB = rng.multinomial(n_blocks, np.full(n_blocks, 1.0 / n_blocks), resamples)
+    weights_RxB = weights_RxB.astype(np.float64)
+    distances = list(result.distances)
+    options = (vocab, result.marginals, result.method)
+    counts = count_pairs(tagged(sizes), distances, n_blocks * vocab, **count_kw)
+    mi_RxK = _resampled_mi(counts, weights_RxB, *options)
+    del counts
+    if result.surrogate is not None:  # one shuffle per resample, resampled by the same blocks
+        if result.surrogate == "shift":  # blocks are tagged on the documents themselves
+            counts = shifted_pair_counts(tagged(sizes), distances, n_blocks * vocab, rng)
+        else:
+            shuffled = shuffle_documents(sizes, result.surrogate, rng)
+            counts = count_pairs(tagged(shuffled), distances, n_blocks * vocab, **count_kw)
+        mi_RxK = mi_RxK - _resampled_mi(counts, weights_RxB, *options)
+        del counts
+    ok = np.all(mi_RxK[:, fit_mask] > 0, axis=1)
+    if ok.sum() < 2:
+        raise ValueError(
+            "fewer than 2 bootstrap resamples have positive estimates at every fitted distance; "
+            "narrow fit_range"
+        )
+    d_fit = result.distances[fit_mask]
+    alphas = np.array(
+        [-fit_power_law(d_fit, m[fit_mask], offset=offset).exponent for m in mi_RxK[ok]]
+    )
+    tail = 0.5 * (1.0 - confidence)
+    low, high = np.quantile(alphas, [tail, 1.0 - tail])
+    return BootstrapInterval(
+        float(low), float(high), float(alphas.std(ddof=1)), int(ok.sum()), int((~ok).sum())
+    )
+
+
+# ----------------------------------------------------------------------------- entry point
 
 
 def two_point_mi(
@@ -161,31 +568,91 @@ def two_point_mi(
     distances,
     vocab_size: int | None = None,
     *,
+    marginals: str = "unigrams",
+    surrogate: str | None = "within",
+    shuffles: int = 4,
+    method: str = "grassberger",
+    fit_range: tuple[int, int] | str = "auto",
+    bootstrap: int = 0,
+    blocks: int = 100,
+    confidence: float = 0.95,
+    seed: int = 0,
     chunk_tokens: int = 1 << 24,
     implementation: str = "auto",
     devices: Sequence[jax.Device] | None = None,
     progress: bool = True,
-    fit_range: tuple[int, int] | str = "auto",
 ) -> TwoPointResult:
-    """Two-point MI Î_TP(d) in nats for every distance, with standard errors and the fit.
+    """Two-point MI Î_TP(d) in nats at every distance, bias-corrected, with the power-law fit.
 
     Args:
       tokens_or_docs: [T] int token ids (one document), [B, T] (B documents), a list of 1-D
-        arrays, or any iterable of them (streamed in chunks; then `vocab_size` is required).
-        Pairs never cross a document boundary.
+        arrays, or any iterable of them (then `vocab_size` is required; with a surrogate or
+        a bootstrap the documents are read into memory once). Pairs never cross a document
+        boundary.
       distances: distinct integers d ≥ 1.
       vocab_size: V (ids must lie in [0, V)); inferred as max id + 1 if None.
+      marginals: "unigrams" (2·Ĥ(W) − Ĥ(pairs), the paper's; default) or "pairs" (the
+        marginals of each distance's pairs); see the module docstring.
+      surrogate: "within" (shuffle tokens inside each document; default), "global" (across
+        the corpus, document lengths kept), "shift" (pair each token with one a random
+        quarter to three quarters of the document on; keeps bursts, for d ≪ document
+        length / 4) or None (no bias correction: the paper's offset fit A·d^−α + C on the
+        raw estimates).
+      shuffles: surrogates averaged (≥ 2; each costs one more count of the corpus).
+      method: entropy estimator: "grassberger" (default), "nsb" (K = V bins for tokens and
+        V² for pairs), "miller_madow" or "plugin". The stderr is the delta-method one
+        either way.
+      fit_range: "auto", "all" or (lo, hi); see `two_point_mi_from_counts`.
+      bootstrap: resamples of a document-block bootstrap of α (0: none). Each resample
+        draws `blocks` blocks of consecutive documents with replacement and recomputes the
+        (corrected) estimates from per-block pair tables; the fitted distances are fixed.
+      blocks: number of blocks (at most the number of documents).
+      confidence: level of the bootstrap's percentile interval.
+      seed: seeds the shuffles and the bootstrap.
       chunk_tokens, implementation, devices, progress: passed to `count_pairs`.
-      fit_range: distances the power-law fit uses: "auto" (up to the smallest estimate),
-        "all", or (lo, hi); see `two_point_mi_from_counts`.
     """
-    counts = count_pairs(
-        tokens_or_docs,
-        distances,
-        vocab_size,
-        chunk_tokens=chunk_tokens,
-        implementation=implementation,
-        devices=devices,
-        progress=progress,
+    _check_options(marginals, surrogate, method, shuffles)
+    _check_fit_range(fit_range)
+    if not isinstance(bootstrap, (int, np.integer)) or bootstrap < 0 or bootstrap == 1:
+        raise ValueError(f"bootstrap must be 0 (none) or an integer ≥ 2, got {bootstrap!r}")
+    if bootstrap and (not isinstance(blocks, (int, np.integer)) or blocks < 2):
+        raise ValueError(f"blocks must be an integer ≥ 2, got {blocks!r}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+    count_kw = dict(
+        chunk_tokens=chunk_tokens, implementation=implementation, devices=devices, progress=progress
     )
-    return two_point_mi_from_counts(counts, fit_range=fit_range)
+    options = (marginals, surrogate, method)
+    if surrogate is None and not bootstrap:  # one streaming pass
+        counts = count_pairs(tokens_or_docs, distances, vocab_size, **count_kw)
+        return two_point_mi_from_counts(
+            counts, marginals=marginals, method=method, fit_range=fit_range
+        )
+    docs = _as_documents(tokens_or_docs)
+    docs = [np.asarray(d) for d in docs]
+    counts = count_pairs(docs, distances, vocab_size, **count_kw)
+    vocab = counts.vocab_size
+    raw = two_point_estimates(counts, marginals=marginals, method=method)
+    distances_K = np.asarray(counts.distances, np.int64)
+    tokens, documents = counts.tokens, counts.documents
+    del counts  # the tables of one corpus can be large (8 bytes per distinct pair)
+    rng = np.random.default_rng(seed)
+    surrogates = []
+    for _ in range(shuffles if surrogate is not None else 0):
+        shuffled = _surrogate_counts(docs, surrogate, list(distances_K), vocab, rng, count_kw)
+        surrogates.append(two_point_estimates(shuffled, marginals=marginals, method=method))
+        del shuffled
+    result = _assemble(distances_K, raw, surrogates, tokens, documents, options, fit_range)
+    if bootstrap:
+        boot = _document_bootstrap(
+            docs,
+            result,
+            vocab,
+            resamples=int(bootstrap),
+            blocks=int(blocks),
+            confidence=confidence,
+            rng=rng,
+            count_kw=count_kw,
+        )
+        result = result._replace(bootstrap=boot)
+    return result

@@ -1,8 +1,10 @@
 """Where sequences come from: ground-truth families with exact information, and corpora."""
 
 from l2m_jax.sources.discrete import (
+    CopySource,
     HiddenMarkov,
     MarkovChain,
+    copy_source,
     hidden_markov,
     markov_chain,
 )
@@ -17,12 +19,14 @@ from l2m_jax.sources.text import (
 from l2m_jax.sources.tokenize import Tokenizer, get_tokenizer, train_bpe
 
 __all__ = [
+    "CopySource",
     "GaussianFamily",
     "HiddenMarkov",
     "MarkovChain",
     "Tokenizer",
     "chunk_documents",
     "chunk_spans",
+    "copy_source",
     "get_tokenizer",
     "hidden_markov",
     "load_corpus",

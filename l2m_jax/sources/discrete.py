@@ -38,10 +38,12 @@ import numpy as np
 from scipy import special
 
 __all__ = [
+    "CopySource",
     "HiddenMarkov",
     "HiddenMarkovParams",
     "MarkovChain",
     "MarkovParams",
+    "copy_source",
     "hidden_markov",
     "hidden_markov_logprob",
     "markov_chain",
@@ -379,3 +381,154 @@ def hidden_markov(
     """A `HiddenMarkov` source with a random content chain (`markov_chain` keywords)."""
     content = markov_chain(content_size, seed=seed, **content_kwargs)
     return HiddenMarkov(content, states, reveal, switch, name=f"hidden_markov{states}")
+
+
+# ---- copy source: Zipfian tokens that repeat earlier ones (any V, exact I_TP) -----------
+
+
+@functools.partial(jax.jit, static_argnames=("batch", "total", "hops"))
+def _sample_copies(key, cdf_V, cdf_K, copy, *, batch: int, total: int, hops: int):
+    """[B, total] tokens: each position copies the token `lag` back with probability
+    `copy`, else draws afresh; copies resolve to their fresh ancestor by pointer doubling."""
+    key_fresh, key_copy, key_lag = jax.random.split(key, 3)
+    draw = lambda k, cdf: jnp.searchsorted(cdf, jax.random.uniform(k, (batch, total)), "right")
+    fresh_BxT = jnp.minimum(draw(key_fresh, cdf_V), cdf_V.shape[0] - 1).astype(jnp.int32)
+    lag_BxT = jnp.minimum(draw(key_lag, cdf_K), cdf_K.shape[0] - 1) + 1
+    copies_BxT = jax.random.bernoulli(key_copy, copy, (batch, total))
+    pos_1xT = jnp.arange(total)[None, :]
+    ptr_BxT = jnp.where(copies_BxT & (pos_1xT >= lag_BxT), pos_1xT - lag_BxT, pos_1xT)
+    ptr_BxT = jax.lax.fori_loop(
+        0, hops, lambda _, p: jnp.take_along_axis(p, p, axis=1), ptr_BxT.astype(jnp.int32)
+    )
+    return jnp.take_along_axis(fresh_BxT, ptr_BxT, axis=1)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class CopySource:
+    """Tokens that repeat earlier tokens at random lags, else are drawn afresh from π.
+
+    At each position, with probability `copy` the token copies the one `k` positions back
+    (k ~ `lags`, 1 ≤ k ≤ K), otherwise it is a fresh draw from `unigram`; the choices are
+    independent of the tokens. Two positions share a token by descent with probability
+    r(d) (below) and are otherwise independent draws from π, so the pair distribution is
+    exactly p(a, b) = r(d)·π_a·[a = b] + (1 − r(d))·π_a·π_b and
+
+      I_TP(d) = Σ_a p_aa log(p_aa / π_a²) + (1 − r)(1 − Σ_a π_a²) log(1 − r).
+
+    r(d) is the probability that the copy chains of positions i and i + d meet: following
+    the later position back one step (a copy at lag k) gives the gap |d − k|, so with
+    r(0) = 1, r(d) = copy · Σ_k q_k r(|d − k|): a K-by-K linear system for d ≤ K, then a
+    recursion. It is a Markov chain of order K over V tokens with a bursty, Zipfian
+    character like text's repetitions, for any V (nothing V×V is stored).
+
+    Attributes:
+      unigram: float64 [V], π (positive, sums to 1).
+      copy: probability in [0, 1) that a position copies.
+      lags: float64 [K], q_k for k = 1..K (positive, sums to 1).
+      name: a label for tables and plots.
+    """
+
+    unigram: np.ndarray
+    copy: float
+    lags: np.ndarray
+    name: str = "copy"
+
+    def __post_init__(self):
+        for field in ("unigram", "lags"):
+            p = np.array(getattr(self, field), np.float64)
+            if p.ndim != 1 or p.size < 1 or not np.all(np.isfinite(p)) or np.any(p <= 0):
+                raise ValueError(f"{field} must be a 1-D array of positive probabilities")
+            if abs(p.sum() - 1.0) > 1e-9:
+                raise ValueError(f"{field} must sum to 1 (normalise it)")
+            p.setflags(write=False)
+            object.__setattr__(self, field, p)
+        if self.unigram.size < 2:
+            raise ValueError("unigram needs at least 2 tokens")
+        if not 0.0 <= self.copy < 1.0:
+            raise ValueError(f"copy must lie in [0, 1), got {self.copy}")
+
+    @property
+    def vocab_size(self) -> int:
+        return self.unigram.size
+
+    @functools.cached_property
+    def _coalescence(self) -> np.ndarray:
+        """r(0..K) from the linear system (the recursion extends it)."""
+        q, c = self.lags, self.copy
+        k = q.size
+        gap = np.abs(np.arange(1, k + 1)[:, None] - np.arange(1, k + 1)[None, :])  # |x − lag|
+        system = np.eye(k)
+        rows, lag_idx = np.nonzero(gap)
+        np.subtract.at(system, (rows, gap[rows, lag_idx] - 1), c * q[lag_idx])
+        r = np.linalg.solve(system, c * q)  # the lag = x term: r(0) = 1
+        return np.concatenate([[1.0], r])
+
+    def same_token_by_descent(self, d) -> np.ndarray:
+        """r(d): probability that positions i and i + d copy one fresh draw (d ≥ 1)."""
+        d_a = _check_distances(d)
+        base = self._coalescence
+        top = int(d_a.max(initial=0))
+        if top >= base.size:
+            r = np.empty(top + 1)
+            r[: base.size] = base
+            q_rev = self.copy * self.lags[::-1]
+            k = self.lags.size
+            for x in range(base.size, top + 1):
+                r[x] = q_rev @ r[x - k : x]
+            base = r
+        return base[d_a]
+
+    def two_point_mi(self, d):
+        """Exact I(W_i ; W_i+d) in nats for distances d ≥ 1 (int or array)."""
+        r = np.asarray(self.same_token_by_descent(d), np.float64)
+        pi = self.unigram
+        same = r[..., None] * pi + (1.0 - r[..., None]) * pi**2
+        diagonal = np.sum(special.xlogy(same, same / pi**2), axis=-1)
+        rest = (1.0 - r) * (1.0 - pi @ pi) * np.log1p(-r)
+        return _scalar_or_array(diagonal + rest)
+
+    def entropy(self) -> float:
+        """H(W) of one token, nats."""
+        return float(-np.sum(special.xlogy(self.unigram, self.unigram)))
+
+    def sample(self, key: jax.Array, batch: int, length: int) -> jax.Array:
+        """`batch` stationary documents of `length` tokens, int32 [B, L].
+
+        A burn-in of the copy chains' reach (m·K positions with copy^m < 1e-12) precedes
+        each document, so a copy reaches past the start with probability below 1e-12.
+        """
+        batch, length = _check_count("batch", batch, 1), _check_count("length", length, 1)
+        reach = math.ceil(math.log(1e-12) / math.log(self.copy)) if self.copy > 0 else 0
+        burn = reach * self.lags.size
+        total = burn + length
+        cdf_v = np.cumsum(self.unigram)
+        cdf_k = np.cumsum(self.lags)
+        tokens = _sample_copies(
+            key,
+            jnp.asarray(cdf_v / cdf_v[-1], jnp.float32),
+            jnp.asarray(cdf_k / cdf_k[-1], jnp.float32),
+            self.copy,
+            batch=batch,
+            total=total,
+            hops=max(1, (total - 1).bit_length()),
+        )
+        return tokens[:, burn:]
+
+
+def copy_source(
+    vocab_size: int = 4096,
+    *,
+    zipf: float = 1.1,
+    copy: float = 0.7,
+    max_lag: int = 256,
+    lag_exponent: float = 1.0,
+) -> CopySource:
+    """A `CopySource` with Zipfian unigrams π_r ∝ r^−zipf (r = 1..V) and power-law lags
+    q_k ∝ k^−lag_exponent (k = 1..max_lag), so I_TP(d) decays slowly up to max_lag."""
+    vocab_size = _check_count("vocab_size", vocab_size, 2)
+    max_lag = _check_count("max_lag", max_lag, 1)
+    if not zipf >= 0 or not lag_exponent >= 0:
+        raise ValueError(f"zipf and lag_exponent must be ≥ 0, got {zipf}, {lag_exponent}")
+    pi = np.arange(1, vocab_size + 1, dtype=np.float64) ** -zipf
+    q = np.arange(1, max_lag + 1, dtype=np.float64) ** -lag_exponent
+    return CopySource(pi / pi.sum(), copy, q / q.sum(), name=f"copy{vocab_size}")

