@@ -562,8 +562,9 @@ def _runs(positions: np.ndarray) -> list[tuple[int, int]]:
     return [(int(p[0]), int(p[-1]) + 1) for p in np.split(positions, breaks)]
 
 
-def _read_spec(weights: SafetensorsCheckpoint, spec: _Spec, name: str, index: tuple):
-    """Our array (one layer) at `index` (a tuple of slices over our axes)."""
+def _read_spec(weights: SafetensorsCheckpoint, spec: _Spec, index: tuple) -> np.ndarray:
+    """Our array (one layer) at `index` (a tuple of slices over our axes): only that part of
+    the file's tensor is read."""
     ndim = len(spec.shape) - (spec.squeeze is not None)
     perm = spec.perm or tuple(range(ndim))
     src: list = [slice(None)] * ndim
@@ -574,7 +575,7 @@ def _read_spec(weights: SafetensorsCheckpoint, spec: _Spec, name: str, index: tu
         full = list(sub)
         if spec.squeeze is not None:
             full.insert(spec.squeeze, 0)
-        return weights.read(name, tuple(full))
+        return weights.read(spec.name, tuple(full))
 
     if spec.take is None:
         x = get(src)
@@ -602,6 +603,7 @@ class HFCheckpoint:
       context: the longest sequence the checkpoint scores as trained (positions, BOS
         included); context_source says where that figure comes from.
       weights: the safetensors files (read lazily).
+      leaves: our param path ("layers/attn/wq") -> how it is read (the family's table rows).
     """
 
     folder: pathlib.Path
@@ -664,6 +666,7 @@ class HFCheckpoint:
         if leaf.zeros:
             return np.dtype(np.float32)
         dtype = self.weights.dtype(leaf.specs[0].name)
+        # ml_dtypes' bfloat16 / float8 are not numpy floating types (their kind is "V")
         return dtype if np.issubdtype(dtype, np.floating) or dtype.kind == "V" else np.float32
 
     def _read_leaf(self, leaf: _Leaf, index: tuple) -> np.ndarray:
@@ -673,11 +676,9 @@ class HFCheckpoint:
                 np.float32,
             )
         if not leaf.stacked:
-            return _read_spec(self.weights, leaf.specs[0], leaf.specs[0].name, index)
+            return _read_spec(self.weights, leaf.specs[0], index)
         layers = range(len(leaf.specs))[index[0]]
-        return np.stack(
-            [_read_spec(self.weights, leaf.specs[i], leaf.specs[i].name, index[1:]) for i in layers]
-        )
+        return np.stack([_read_spec(self.weights, leaf.specs[i], index[1:]) for i in layers])
 
 
 def _family_of(path: pathlib.Path, raw: dict) -> tuple[str, str]:
