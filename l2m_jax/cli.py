@@ -3,12 +3,19 @@
 Each subcommand lives in its own module under `l2m_jax.experiments`, which defines
 `add_arguments(parser)` and `run(args) -> int`. Only the chosen module is imported, so
 `l2m --help` is fast and one subcommand's heavy imports never slow another.
+
+Every command runs under `jax.distributed` when the environment describes a multi-process
+job (`l2m_jax.distributed.initialize`; docs/scaling.md shows the launch lines): the same
+command is started once per host, process 0 prints and writes the results, and a process
+that loses the others stops with an error instead of waiting.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
 import sys
 
 # name -> (module, one-line help)
@@ -53,11 +60,53 @@ def main(argv: list[str] | None = None) -> int:
     )
     module.add_arguments(parser)
     args = parser.parse_args(rest)
+    where = ""
     try:
-        return int(module.run(args) or 0)
+        if name != "report":  # the report runs every part as its own command
+            from l2m_jax import distributed
+
+            if distributed.initialize():
+                import jax
+
+                where = f" (process {jax.process_index()} of {jax.process_count()})"
+        with _results_on_primary(bool(where)):
+            return int(module.run(args) or 0)
     except ValueError as err:  # bad input: one clear line, no traceback
-        print(f"l2m {name}: error: {err}", file=sys.stderr)
-        return 2
+        print(f"l2m {name}: error{where}: {err}", file=sys.stderr)
+        code = 2
+    except RuntimeError as err:
+        import jax
+
+        if not where or not isinstance(err, jax.errors.JaxRuntimeError):
+            raise
+        text = str(err).strip()
+        print(
+            f"l2m {name}: error{where}: a computation across processes failed: "
+            f"{text.splitlines()[0][:500] if text else repr(err)}\n"
+            f"l2m {name}: if another process died, start all of them again (training: with "
+            "--resume; the run directory is intact)",
+            file=sys.stderr,
+        )
+        code = 1
+    if where:
+        # Leave at once: JAX's shutdown would wait for the other processes (a lost one until
+        # its heartbeat times out); they stop at their next collective.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+@contextlib.contextmanager
+def _results_on_primary(multi_process: bool):
+    """In a multi-process run only process 0 prints results (the others compute the same)."""
+    import jax
+
+    if not multi_process or jax.process_index() == 0:
+        yield
+        return
+    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
+        yield
 
 
 if __name__ == "__main__":

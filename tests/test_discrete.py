@@ -43,6 +43,8 @@ def test_exact_information_matches_enumeration(name):
         pi = joint.sum(axis=1)
         brute = float(np.sum(joint * np.log(joint / np.outer(pi, pi))))
         assert src.two_point_mi(d) == pytest.approx(brute, abs=1e-6)
+        # The exact pair law that q ≠ p tests compute expectations from.
+        np.testing.assert_allclose(src.pair_distribution(d), joint, rtol=1e-5, atol=1e-9)
     # Stationary: Y scored from BOS has the law of Y inside a sequence (the marginal pass).
     tail = code % v ** (length - 1)
     p_tail = np.bincount(tail, weights=p, minlength=v ** (length - 1))

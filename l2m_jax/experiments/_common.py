@@ -55,9 +55,23 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
-def write_json(path: str | pathlib.Path, obj: Any) -> pathlib.Path:
-    """Writes `obj` (dicts, lists, NamedTuples, numpy/JAX arrays) as indented JSON."""
+def write_json(
+    path: str | pathlib.Path, obj: Any, *, provenance: dict | None = None
+) -> pathlib.Path:
+    """Writes `obj` (dicts, lists, NamedTuples, numpy/JAX arrays) as indented JSON.
+
+    A dict gets `process_count` and `device_count` beside its figures: `provenance`, by
+    default `l2m_jax.distributed.provenance()`, and then in a multi-process run only process
+    0 writes (every process computed the same figures). A caller that passes `provenance`
+    (a command that does not start JAX itself) decides which process writes.
+    """
+    from l2m_jax import distributed
+
     path = pathlib.Path(path)
+    if isinstance(obj, dict) or hasattr(obj, "_asdict"):
+        obj = {**_plain(obj), **(distributed.provenance() if provenance is None else provenance)}
+    if provenance is None and not distributed.is_primary():
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(_plain(obj), indent=2) + "\n")
     return path
@@ -74,9 +88,13 @@ def pyplot():
 
 
 def save_figure(fig, path: str | pathlib.Path) -> pathlib.Path:
+    """Saves `fig` as PNG (process 0 only in a multi-process run) and closes it."""
+    from l2m_jax import distributed
+
     path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    if distributed.is_primary():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120, bbox_inches="tight")
     pyplot().close(fig)
     return path
 
@@ -98,21 +116,28 @@ def print_table(headers: list[str], rows: list[list[Any]]) -> None:
         print("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)))
 
 
-def read_token_file(path: str) -> list[np.ndarray]:
+def read_token_file(path: str, *, per_process: bool = False) -> list[np.ndarray]:
     """Documents from a token file: .npy [T] (one document) or [n_docs, T], or an .npz whose
-    arrays (1-D, in archive order) are the documents."""
+    arrays (1-D, in archive order) are the documents.
+
+    With `per_process`, only this process's documents are read (`shard_for_host`: every
+    n-th from its index; rows of a .npy through a memory map, members of an .npz one by one).
+    """
+    from l2m_jax import distributed
+
     p = pathlib.Path(path)
     if not p.is_file():
         raise ValueError(f"--tokens: no file at {p}")
+    share = distributed.shard_for_host if per_process else list
     try:
-        data = np.load(p, allow_pickle=False)
+        data = np.load(p, allow_pickle=False, mmap_mode="r")
     except (OSError, ValueError) as err:
         raise ValueError(f"--tokens: {p} is not a .npy/.npz token file ({err})") from None
     if isinstance(data, np.lib.npyio.NpzFile):
         with data:
-            return [data[k] for k in data.files]
+            return [data[k] for k in share(data.files)]
     if data.ndim == 1:
-        return [data]
+        return [np.array(d) for d in share([data])]
     if data.ndim != 2:
         raise ValueError(f"--tokens: {p} must hold [T] or [n_docs, T] ids, got {data.shape}")
-    return list(data)
+    return [np.array(data[i]) for i in share(range(data.shape[0]))]

@@ -7,7 +7,8 @@ the others still run:
   models        presets: parameters, history-state size, the L²M condition at L = 4096
   sweep         the L²M experiment on Gaussian data: KL by position, KL vs I_BP/dim(z)
   two_point     I_TP(d) of the SWORD corpus (GPT-2 tokens): raw, surrogate, corrected, fits
-  bipartite     I_BP(ℓ) of the SWORD corpus scored by SmolLM2-135M (direct and vCLUB)
+  bipartite     I_BP(ℓ) of the SWORD corpus scored by SmolLM2-135M (direct and vCLUB), the
+                weighted fits checked against the data-processing bound, and h(t)
   scan          `python -m benchmarks.scan`: throughput against state size
 
 and writes OUT/<part>.json, OUT/<part>.png (where a picture helps), OUT/<part>.log,
@@ -247,6 +248,8 @@ def _bipartite_argv(preset: str, out: pathlib.Path) -> list[str]:
     else:
         size = ["--preset", "full"]
     corpus = "pg19" if preset == "accelerator" else "sword"
+    # The long accelerator run keeps its scored batches, so a rerun resumes where it stopped.
+    cache = ["--cache-dir", str(out / "bipartite_cache")] if preset == "accelerator" else []
     return _l2m(
         "bipartite",
         "--model",
@@ -256,35 +259,120 @@ def _bipartite_argv(preset: str, out: pathlib.Path) -> list[str]:
         "--ratio",
         "2",
         *size,
+        *cache,
         "--quiet",
         *_outputs("bipartite", out),
     )
 
 
+_BIPARTITE_NAMES = {
+    "direct": "direct, n-gram corrected",
+    "direct_uncorrected": "direct, uncorrected",
+    "vclub": "vCLUB",
+}
+
+
+def _bipartite_fit_row(name: str, fit: dict | None, values: list, flagged: list) -> str:
+    below = ", ".join(str(e) for e, f in zip(values, flagged, strict=True) if f) or "none"
+    if fit is None:
+        return f"| {name} | no fit (fewer than 3 splits pass the rule) | | | | | {below} |"
+    total = fit["bootstrap_resamples"] + fit["bootstrap_failed"]
+    interval = (
+        "n/a"
+        if fit["interval"] is None
+        else f"[{_fmt(fit['interval'][0])}, {_fmt(fit['interval'][1])}]"
+    )
+    left_out = "; ".join(f"ℓ = {e}: {why}" for e, why in fit["excluded"]) or "none"
+    return (
+        f"| {name} | {_fmt(fit['exponent'])} ± {_fmt(fit['exponent_stderr'], 2)} | {interval} | "
+        f"{fit['bootstrap_failed']}/{total} | ℓ = {fit['splits'][0]}…{fit['splits'][-1]} "
+        f"(χ²/dof {fit['chi2']:.3g}/{fit['dof']}) | {left_out} | {below} |"
+    )
+
+
 def _bipartite_summary(rec: dict) -> list[str]:
+    fit = rec.get("direct_fit")
+    start = rec.get("document_start") or {}
+    bound = rec.get("bound")
+    if fit is None:
+        headline = (
+            "- **Headline**: no fit of the corrected direct estimate (fewer than 3 splits pass)."
+        )
+    else:
+        lo_hi = fit["interval"]
+        total = fit["bootstrap_resamples"] + fit["bootstrap_failed"]
+        interval = (
+            "no bootstrap interval"
+            if lo_hi is None
+            else f"bootstrap 95% [{_fmt(lo_hi[0])}, {_fmt(lo_hi[1])}], "
+            f"{fit['bootstrap_failed']} of {total} resamples failed"
+        )
+        headline = (
+            f"- **Headline** (n-gram-corrected direct estimate, weighted fit): I_BP(ℓ; 2ℓ) ∝ "
+            f"ℓ^{_fmt(fit['exponent'])} ± {_fmt(fit['exponent_stderr'], 2)} ({interval}; "
+            f"fitted over ℓ = {', '.join(str(e) for e in fit['splits'])}"
+            + (
+                "; left out " + "; ".join(f"ℓ = {e} ({why})" for e, why in fit["excluded"])
+                if fit["excluded"]
+                else ""
+            )
+            + ")."
+        )
     lines = [
         f"- {rec['label']}: {rec['n_docs'][0]} samples, splits ℓ = {rec['splits'][0]}…"
-        f"{rec['splits'][-1]}, "
-        f"{rec['total_tokens_scored']} tokens scored (fraction "
-        f"{_fmt(rec['fraction_scored'])} of scoring every remaining position of every pass)."
+        f"{rec['splits'][-1]}; document start id {start.get('bos_id')} "
+        f"{start.get('token')!r} ({start.get('source')}).",
+        headline,
+        "",
+        "| estimator | β ± stderr | bootstrap 95% | failed | fitted | left out | below bound |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for key in ("direct", "direct_uncorrected", "vclub"):
-        fit = rec.get(f"{key}_fit")
-        if fit is None:
-            lines.append(
-                f"- {key}: no power-law fit (needs ≥ 3 splits above the last estimate ≤ 0)."
+    for key, name in _BIPARTITE_NAMES.items():
+        lines.append(
+            _bipartite_fit_row(
+                name, rec.get(f"{key}_fit"), rec["splits"], rec[f"{key}_below_bound"]
             )
-        else:
-            lo, hi = fit["interval"]
-            lines.append(
-                f"- {key}: I_BP(ℓ; 2ℓ) ∝ ℓ^{_fmt(fit['exponent'])} ± "
-                f"{_fmt(fit['exponent_stderr'], 2)} (bootstrap 95% [{_fmt(lo)}, {_fmt(hi)}]; "
-                f"fitted over ℓ = {fit['splits'][0]}…{fit['splits'][-1]})."
-            )
-    lines.append(
+        )
+    ebc = rec.get("entropy_by_context") or {}
+    hil = ebc.get("fit")
+    if hil is not None:
+        total = ebc["bootstrap_resamples"] + ebc["bootstrap_failed"]
+        interval = (
+            "n/a"
+            if ebc["interval"] is None
+            else f"[{_fmt(ebc['interval'][0])}, {_fmt(ebc['interval'][1])}]"
+        )
+        lines.append(
+            f"| h(t) − h∞ ∝ t^(β−1) (Hilberg) | {_fmt(hil['beta'])} ± "
+            f"{_fmt(hil['beta_stderr'], 2)} | {interval} | {ebc['bootstrap_failed']}/{total} | "
+            f"t = {ebc['fit_from']}…{ebc['positions'][-1]}, h∞ = {_fmt(hil['entropy_rate'])} | "
+            f"{'exponent at the edge of its range' if hil['at_boundary'] else 'none'} | |"
+        )
+    lines.append("")
+    if bound is not None:
+        lines.append(
+            f"- Data-processing bound: I_BP(ℓ; 2ℓ) ≥ Î_TP(1) = {_fmt(bound['value'])} ± "
+            f"{_fmt(bound['stderr'], 2)} nats (raw {_fmt(bound['raw'])} less a shuffled "
+            f"surrogate {_fmt(bound['surrogate'])}: the Grassberger bias); splits more than "
+            "3 stderr below it are kept out of the fits."
+        )
+    if rec.get("ngram_weight", 0) > 0:
+        lines.append(
+            f"- n-gram correction (w = {rec['ngram_weight']}): Ĥ_G(2-grams) = "
+            f"{_fmt(rec['ngram_entropy'], 4)} nats from {rec.get('ngram_source')} "
+            f"({rec.get('ngram_tokens')} tokens, {rec.get('ngram_distinct')} distinct 2-grams, "
+            f"Good–Turing missing mass {_fmt(rec.get('ngram_missing_mass'))}"
+            + ("; undersampled" if rec.get("ngram_undersampled") else "")
+            + ")."
+        )
+    lines += [
+        f"- Cost: {rec['tokens_processed']} positions run through the model, "
+        f"{rec['total_tokens_scored']} log-probs kept; the official code would run and score "
+        f"{rec.get('tokens_official')} (fraction {_fmt(rec.get('fraction_processed'))} run, "
+        f"{_fmt(rec['fraction_scored'])} used).",
         "- Paper: I_BP(L/2; L) ∝ L^β with 0 < β < 1 on PG19 and Wikipedia with 405B-scale "
-        "models; a 135M model on a small corpus under-estimates β (q(Y|X) is harder to learn)."
-    )
+        "models; a 135M model on a small corpus under-estimates β (q(Y|X) is harder to learn).",
+    ]
     return lines
 
 
@@ -404,10 +492,17 @@ def _run_part(part: Part, argv: list[str], log_path: pathlib.Path) -> tuple[int,
 
 
 def run(args: argparse.Namespace) -> int:
+    from l2m_jax import distributed
+
     parts = _select(args.only, args.skip)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     status = {"preset": args.preset, "parts": {}}
+    # Each part starts jax.distributed itself when the environment describes a job of
+    # several processes; this process does not start JAX, and only process 0 writes.
+    job = distributed.job_from_environment()
+    primary = job is None or job[1] == 0
+    provenance = {"process_count": 1 if job is None else job[0], "device_count": None}
     summary = [
         "# l2m_jax report",
         "",
@@ -424,7 +519,9 @@ def run(args: argparse.Namespace) -> int:
         summary += ["", f"## {part.title}", "", f"`{shown}` — {wall:.0f} s"]
         if rc == 0 and rec_path.exists():
             try:
-                summary += ["", *part.summary(json.loads(rec_path.read_text()))]
+                rec = json.loads(rec_path.read_text())
+                provenance["device_count"] = provenance["device_count"] or rec.get("device_count")
+                summary += ["", *part.summary(rec)]
             except (KeyError, TypeError, ValueError, IndexError) as err:
                 summary += ["", f"(could not summarise {rec_path.name}: {err!r})"]
             if part.plot and (out / f"{part.name}.png").exists():
@@ -432,8 +529,9 @@ def run(args: argparse.Namespace) -> int:
         else:
             summary += ["", f"**Failed** (exit code {rc}); see `{part.name}.log`."]
         status["parts"][part.name] = entry
-        write_json(out / "report.json", status)
-        (out / "summary.md").write_text("\n".join(summary) + "\n")
+        if primary:
+            write_json(out / "report.json", status, provenance=provenance)
+            (out / "summary.md").write_text("\n".join(summary) + "\n")
         print(f"[{i}/{len(parts)}] {part.name}: exit {rc} in {wall:.0f} s", flush=True)
     failed = [n for n, e in status["parts"].items() if e["returncode"] != 0]
     print(

@@ -438,9 +438,9 @@ def _print(results: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from l2m_jax.train import maybe_initialize_distributed
+    from l2m_jax import distributed
 
-    maybe_initialize_distributed()
+    distributed.initialize()
     preset = get_preset(args.preset)
     if args.models:
         keep = args.models.split(",")

@@ -219,37 +219,65 @@ def train_gaussian(
 class TextData(NamedTuple):
     corpus: str
     tokenizer: Any  # l2m_jax.sources.tokenize.Tokenizer
-    train_BxL: np.ndarray  # int32 chunks starting at sentence beginnings (no BOS)
-    eval_BxL: np.ndarray  # the held-out chunks
+    train_BxL: np.ndarray  # this process's int32 chunks starting at sentence beginnings (no BOS)
+    eval_BxL: np.ndarray  # this process's held-out chunks
+    processes: int  # how many processes hold chunks of their own
+    chunks: tuple[int, int]  # (training, held-out) chunks of all processes
 
 
 def text_data(args: argparse.Namespace, config) -> TextData:
     """Chunks of `--seq-len` tokens from the corpus: enough for every step, plus a held-out set.
 
-    The held-out chunks are drawn at random (seeded) from the same documents' chunks and
-    removed from the training set.
+    Each of the P processes reads and tokenizes only its own documents (`load_corpus` with
+    `per_host=True`) and cuts its own chunks: batch / P rows per step and eval size / P
+    held-out chunks, drawn at random (seeded) from its chunks and removed from its training
+    set. With one process that is the whole corpus.
     """
+    import jax
+
+    from l2m_jax import distributed
     from l2m_jax.sources import text, tokenize
 
     if args.corpus is None or args.tokenizer is None or args.seq_len is None:
         raise ValueError("--data text needs --corpus, --tokenizer and --seq-len (or --preset cpu)")
     if args.seq_len < 2:
         raise ValueError(f"--seq-len must be ≥ 2, got {args.seq_len}")
-    tokenizer = tokenize.get_tokenizer(args.tokenizer)
-    docs = text.load_corpus(
-        args.corpus, tokenizer=tokenizer, min_tokens=args.seq_len, max_docs=args.max_docs
-    )
-    wanted = config.steps * config.batch_size + config.eval_size
-    chunks = text.chunk_documents(docs, args.seq_len, tokenizer=tokenizer, max_chunks=wanted)
-    if len(chunks) < config.eval_size + config.batch_size:
+    n_proc = jax.process_count()
+    if config.batch_size % n_proc or config.eval_size % n_proc:
         raise ValueError(
-            f"the corpus gives only {len(chunks)} chunks of {args.seq_len} tokens; need at least "
-            f"--eval-size + --batch = {config.eval_size + config.batch_size}"
+            f"--batch {config.batch_size} and --eval-size {config.eval_size} must be multiples "
+            f"of the {n_proc} processes (each feeds its own share)"
         )
+    batch, eval_size = config.batch_size // n_proc, config.eval_size // n_proc
+    with distributed.agreed_errors():  # a process short of data stops every process
+        tokenizer = tokenize.get_tokenizer(args.tokenizer)
+        docs = text.load_corpus(
+            args.corpus,
+            tokenizer=tokenizer,
+            min_tokens=args.seq_len,
+            max_docs=args.max_docs,
+            per_host=True,
+        )
+        wanted = config.steps * batch + eval_size
+        chunks = text.chunk_documents(docs, args.seq_len, tokenizer=tokenizer, max_chunks=wanted)
+        if len(chunks) < eval_size + batch:
+            where = f" for process {jax.process_index()} of {n_proc}" if n_proc > 1 else ""
+            raise ValueError(
+                f"the corpus gives only {len(chunks)} chunks of {args.seq_len} tokens{where}; "
+                f"need at least (--eval-size + --batch) / processes = {eval_size + batch}"
+            )
     order = np.random.default_rng(config.seed).permutation(len(chunks))
-    held_out = np.sort(order[: config.eval_size])
-    keep = np.sort(order[config.eval_size :])
-    return TextData(str(args.corpus), tokenizer, chunks[keep], chunks[held_out])
+    held_out = np.sort(order[:eval_size])
+    keep = np.sort(order[eval_size:])
+    totals = distributed.sum_arrays(np.array([keep.size, held_out.size], np.int64))
+    return TextData(
+        str(args.corpus),
+        tokenizer,
+        chunks[keep],
+        chunks[held_out],
+        n_proc,
+        (int(totals[0]), int(totals[1])),
+    )
 
 
 def token_model(name: str, tokenizer, seq_len: int, **overrides) -> tuple[Any, int]:
@@ -272,8 +300,9 @@ def _with_bos(chunks_BxL: np.ndarray, bos: int) -> np.ndarray:
     return np.concatenate([bos_Bx1, chunks_BxL.astype(np.int32)], axis=1)
 
 
-def _epoch_batches(chunks_BxL: np.ndarray, bos: int, seed: int):
-    """batches(step, B): rows step·B ... step·B + B − 1 of a seeded shuffle per epoch."""
+def _epoch_batches(chunks_BxL: np.ndarray, bos: int, seed: int, processes: int = 1):
+    """batches(step, B): this process's B / processes rows for the step, rows step·b ...
+    step·b + b − 1 (b = B / processes) of a seeded shuffle of its chunks per epoch."""
     n = len(chunks_BxL)
 
     @functools.lru_cache(maxsize=4)
@@ -281,11 +310,29 @@ def _epoch_batches(chunks_BxL: np.ndarray, bos: int, seed: int):
         return np.random.default_rng([seed, epoch]).permutation(n)
 
     def batches(step: int, batch: int) -> np.ndarray:
-        rows = np.arange(step * batch, (step + 1) * batch)
+        local = batch // processes
+        rows = np.arange(step * local, (step + 1) * local)
         idx = np.array([permutation(int(r // n))[r % n] for r in rows])
         return _with_bos(chunks_BxL[idx], bos)
 
     return batches
+
+
+def text_task(model_name: str, data: TextData, config) -> tuple[Any, Any, Any]:
+    """(TokenTask, initial params, model config) of token preset `model_name` on `data`."""
+    import jax
+
+    from l2m_jax import models, train
+
+    seq_len = data.train_BxL.shape[1]
+    model_config, bos = token_model(model_name, data.tokenizer, seq_len)
+    task = train.TokenTask(
+        apply_fn=functools.partial(models.apply, model_config),
+        batches=_epoch_batches(data.train_BxL, bos, config.seed, data.processes),
+        seq_len=seq_len,
+        eval_data=_with_bos(data.eval_BxL, bos),
+    )
+    return task, models.init(model_config, jax.random.key(config.seed + 1)), model_config
 
 
 def train_text(
@@ -298,26 +345,19 @@ def train_text(
     progress: bool = True,
 ) -> dict:
     """Trains token preset `model_name` on `data` with NLL; returns a JSON-able summary."""
-    import jax
-
     from l2m_jax import models, train
 
     seq_len = data.train_BxL.shape[1]
-    model_config, bos = token_model(model_name, data.tokenizer, seq_len)
-    task = train.TokenTask(
-        apply_fn=functools.partial(models.apply, model_config),
-        batches=_epoch_batches(data.train_BxL, bos, config.seed),
-        seq_len=seq_len,
-        eval_data=_with_bos(data.eval_BxL, bos),
-    )
-    params = models.init(model_config, jax.random.key(config.seed + 1))
+    task, params, model_config = text_task(model_name, data, config)
     data_json = {
         "corpus": data.corpus,
         "tokenizer": data.tokenizer.name,
         "seq_len": seq_len,
-        "train_chunks": len(data.train_BxL),
-        "eval_chunks": len(data.eval_BxL),
+        "train_chunks": data.chunks[0],
+        "eval_chunks": data.chunks[1],
     }
+    if data.processes > 1:  # each process trains on its own documents: resume with as many
+        data_json["processes"] = data.processes
     result = train.fit(
         task,
         params,
@@ -335,7 +375,7 @@ def train_text(
         **data_json,
         "params": models.param_count(params),
         "steps": int(result.state.step),
-        "epochs": int(result.state.step) * config.batch_size / len(data.train_BxL),
+        "epochs": int(result.state.step) * config.batch_size / data.chunks[0],
         "steps_per_s": result.steps_per_s,
         "interrupted": result.interrupted,
         "avg_nll": final["avg_nll"],
@@ -389,10 +429,10 @@ def _apply_defaults(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from l2m_jax import train
+    from l2m_jax import distributed
 
     _apply_defaults(args)
-    train.maybe_initialize_distributed()
+    distributed.initialize()
     config = train_config(args)
     if args.resume and not args.out:
         raise ValueError("--resume needs --out (the run directory to continue)")

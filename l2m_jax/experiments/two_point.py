@@ -37,6 +37,7 @@ import time
 
 import numpy as np
 
+from l2m_jax import distributed
 from l2m_jax.experiments._common import (
     int_range,
     print_table,
@@ -112,8 +113,8 @@ def _documents(args) -> tuple[list[np.ndarray], int | None, object, str]:
     chosen = [n for n in ("tokens", "source", "corpus") if getattr(args, n) is not None]
     if len(chosen) != 1:
         raise ValueError("choose the tokens: exactly one of --tokens, --source or --corpus")
-    if args.tokens is not None:
-        return read_token_file(args.tokens), args.vocab_size, None, args.tokens
+    if args.tokens is not None:  # each process reads its own documents
+        return read_token_file(args.tokens, per_process=True), args.vocab_size, None, args.tokens
     if args.source is not None:
         import jax
 
@@ -130,14 +131,14 @@ def _documents(args) -> tuple[list[np.ndarray], int | None, object, str]:
         else:
             src = copy_source()
         tokens = np.asarray(src.sample(jax.random.key(args.seed), args.docs, args.length))
-        return list(tokens), src.vocab_size, src, src.name
+        return distributed.shard_for_host(list(tokens)), src.vocab_size, src, src.name
     try:
         from l2m_jax.sources.text import load_corpus
         from l2m_jax.sources.tokenize import get_tokenizer
     except ImportError as err:
         raise ValueError(f"--corpus needs l2m_jax.sources.text: {err}") from None
     tokenizer = get_tokenizer(args.tokenizer)
-    docs = load_corpus(args.corpus, tokenizer=tokenizer)
+    docs = load_corpus(args.corpus, tokenizer=tokenizer, per_host=True)
     return docs, tokenizer.vocab_size, None, f"{args.corpus} ({args.tokenizer})"
 
 
@@ -164,7 +165,8 @@ def measure(args: argparse.Namespace) -> dict:
     """Counts, estimates and fits as the arguments say; returns every figure as a dict."""
     from l2m_jax.information import two_point_mi
 
-    docs, vocab_size, src, label = _documents(args)
+    with distributed.agreed_errors():  # in a multi-process run, each process its own documents
+        docs, vocab_size, src, label = _documents(args)
     surrogate = None if args.surrogate == "none" else args.surrogate
     t0 = time.perf_counter()
     result = two_point_mi(

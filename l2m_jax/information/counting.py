@@ -19,6 +19,10 @@ Two implementations of the per-chunk count, chosen by `implementation`:
            default) with `jax.shard_map`; each device counts its slice, the host merges.
   "auto"   "numpy" when JAX's default backend is the CPU, "xla" on GPU/TPU.
 Both give identical tables.
+
+In a multi-process run (`jax.distributed`, one process per host) every process passes its
+own documents and gets the tables of all of them: each counts its share on its own devices,
+then the tables are summed across processes (the same counts as one process counting all).
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+
+from l2m_jax import distributed
 
 __all__ = ["CountTable", "PairCounts", "count_ngrams", "count_pairs"]
 
@@ -388,7 +394,54 @@ def _xla_tables(chunk: _Chunk, patterns, vocab_size, devices, per_device, halo, 
 # ------------------------------------------------------------------------------ entry points
 
 
-def _count(
+def _count(tokens_or_docs, patterns, vocab_size, **options):
+    """`_count_local` on this process's documents; in a multi-process run (`jax.distributed`)
+    the tables, unigrams and totals are summed over every process's documents."""
+    distributed.initialize()
+    if jax.process_count() == 1:
+        return _count_local(tokens_or_docs, patterns, vocab_size, **options)
+    with distributed.agreed_errors():  # one process's bad input stops all of them
+        docs, vocab, _ = _resolve(tokens_or_docs, vocab_size)
+    if vocab_size is None:  # inferred: the largest id of any process
+        vocab = int(np.concatenate(distributed.gather_arrays(np.array([vocab]))).max())
+    with distributed.agreed_errors():
+        tables, _, unigrams, tokens, documents = _count_local(docs, patterns, vocab, **options)
+    key_dtype = _key_dtype(vocab, len(patterns[0]))
+    tables, unigrams, tokens, documents = _across_processes(
+        tables, unigrams, tokens, documents, key_dtype
+    )
+    return tables, vocab, unigrams, tokens, documents
+
+
+def _across_processes(tables, unigrams, tokens: int, documents: int, key_dtype):
+    """Count tables, unigrams and totals summed over the processes (the same on each)."""
+    merged = []
+    for table in tables:
+        keys = distributed.gather_arrays(table.keys.astype(key_dtype, copy=False))
+        counts = distributed.gather_arrays(table.counts.astype(np.int64, copy=False))
+        t = _merge([CountTable(k, c) for k, c in zip(keys, counts, strict=True)])
+        dtype = _count_dtype(t.total)
+        merged.append(CountTable(t.keys.astype(key_dtype, copy=False), t.counts.astype(dtype)))
+    totals = distributed.sum_arrays(np.array([tokens, documents], np.int64))
+    return tuple(merged), distributed.sum_arrays(unigrams), int(totals[0]), int(totals[1])
+
+
+def sum_pair_counts(counts: PairCounts) -> PairCounts:
+    """Pair counts summed over the processes of a multi-process run (`jax.distributed`); for
+    counts made without `count_pairs`, which sums by itself. One process: `counts` as is."""
+    if jax.process_count() == 1:
+        return counts
+    tables, unigrams, tokens, documents = _across_processes(
+        counts.tables,
+        counts.unigrams,
+        counts.tokens,
+        counts.documents,
+        _key_dtype(counts.vocab_size, 2),
+    )
+    return counts._replace(tables=tables, unigrams=unigrams, tokens=tokens, documents=documents)
+
+
+def _count_local(
     tokens_or_docs, patterns, vocab_size, *, chunk_tokens, implementation, devices, progress
 ):
     if implementation not in IMPLEMENTATIONS:

@@ -45,6 +45,11 @@ squares in log-log space) over `fit_range`. Without one, the paper's offset fit 
 two minima (C → 0 and C → min Î), which `offset_profile` shows. A document-block bootstrap
 (`bootstrap` resamples of documents, each resample recounted from per-block tables) gives
 α's percentile interval.
+
+In a multi-process run (`jax.distributed`) each process passes its own documents: the pair
+counts are summed across processes (`count_pairs`), surrogates shuffle or shift each
+process's own documents, and a bootstrap uses process 0's resample weights on blocks that
+every process fills from its share, so all processes return the same result.
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
+from l2m_jax import distributed
 from l2m_jax.information.counting import (
     CountTable,
     PairCounts,
@@ -65,6 +71,7 @@ from l2m_jax.information.counting import (
     _key_dtype,
     _run_lengths,
     count_pairs,
+    sum_pair_counts,
 )
 from l2m_jax.information.entropy import (
     METHODS,
@@ -322,7 +329,8 @@ def shifted_pair_counts(
         )
     tokens = np.concatenate(docs) if docs else np.zeros(0, np.int64)
     unigrams = np.bincount(tokens.astype(np.intp), minlength=vocab_size).astype(np.int64)
-    return PairCounts(distances, vocab_size, tuple(tables), unigrams, tokens.size, len(docs))
+    counts = PairCounts(distances, vocab_size, tuple(tables), unigrams, tokens.size, len(docs))
+    return sum_pair_counts(counts)  # every process's documents in a multi-process run
 
 
 def _surrogate_counts(docs, surrogate, distances, vocab, rng, count_kw) -> PairCounts:
@@ -520,16 +528,20 @@ def _document_bootstrap(
     if result.alpha is None:
         return None
     sizes = [d for d in docs if d.size]
-    n_blocks = min(blocks, len(sizes))
+    # In a multi-process run each process splits its own documents into the same blocks
+    # (block b: every process's b-th share), and all use process 0's resample weights.
+    n_blocks = min(blocks, int(distributed.sum_arrays(np.array(len(sizes)))))
     if n_blocks < 2:
         raise ValueError("a document bootstrap needs at least 2 non-empty documents")
-    block_of = (np.arange(len(sizes)) * n_blocks) // len(sizes)
+    block_of = (np.arange(len(sizes)) * n_blocks) // max(len(sizes), 1)
 
     def tagged(ds):
         return [d.astype(np.int64) + b * vocab for d, b in zip(ds, block_of, strict=True)]
 
-    weights_RxB = rng.multinomial(n_blocks, np.full(n_blocks, 1.0 / n_blocks), resamples)
-    weights_RxB = weights_RxB.astype(np.float64)
+    weights_RxB = distributed.on_primary(
+        lambda: rng.multinomial(n_blocks, np.full(n_blocks, 1.0 / n_blocks), resamples).tolist()
+    )
+    weights_RxB = np.asarray(weights_RxB, np.float64)
     distances = list(result.distances)
     options = (vocab, result.marginals, result.method)
     counts = count_pairs(tagged(sizes), distances, n_blocks * vocab, **count_kw)

@@ -237,6 +237,11 @@ class MarkovChain:
             out[dist] = float(np.sum(special.xlogy(joint, pd / pi[None, :])))
         return _scalar_or_array(np.vectorize(out.__getitem__, otypes=[np.float64])(d_a))
 
+    def pair_distribution(self, d: int = 1) -> np.ndarray:
+        """Exact joint law of (W_i, W_i+d), float64 [V, V]: π_a · (P^d)_ab."""
+        (dist,) = _check_distances([d])
+        return self.stationary[:, None] * np.linalg.matrix_power(self.transition, int(dist))
+
     def bipartite_mi(self, ell, length):
         """Exact I(W_1:ℓ ; W_ℓ+1:length) = I(W_ℓ ; W_ℓ+1), nats (ℓ, length ints or arrays)."""
         ell_a, _ = _check_positions(ell, length)
@@ -348,6 +353,22 @@ class HiddenMarkov:
         same = 1.0 / n + (1.0 - 1.0 / n) * (1.0 - self.switch) ** k
         other = (1.0 - same) / (n - 1)
         return math.log(n) + special.xlogy(same, same) + (n - 1) * special.xlogy(other, other)
+
+    def pair_distribution(self, d: int = 1) -> np.ndarray:
+        """Exact joint law of (W_i, W_i+d), float64 [V, V], tokens content·(K+1) + tag.
+
+        Content and tags are independent, so it is the Kronecker product of the content
+        chain's pair law and the tags': both hidden (1 − s)², one shown (1 − s)·s/K, both
+        shown s²/K · (λ^d·[same state] + (1 − λ^d)/K).
+        """
+        (dist,) = _check_distances([d])
+        k, s = self.states, self.reveal
+        keep = (1.0 - self.switch) ** int(dist)
+        tags = np.empty((k + 1, k + 1))
+        tags[0, 0] = (1.0 - s) ** 2
+        tags[0, 1:] = tags[1:, 0] = (1.0 - s) * s / k
+        tags[1:, 1:] = s * s / k * (keep * np.eye(k) + (1.0 - keep) / k)
+        return np.kron(self.content.pair_distribution(int(dist)), tags)
 
     def two_point_mi(self, d):
         """Exact I(W_i ; W_i+d) = I_content(d) + s²·I_K(d), nats (d ≥ 1, int or array)."""

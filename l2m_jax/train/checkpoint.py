@@ -10,6 +10,9 @@ Layout of a run directory::
 A resume checks everything before it writes anything: the directory, the config (must match
 exactly), and that the latest checkpoint restores. Only then are log lines after the restored
 step dropped (they are recomputed identically).
+
+In a multi-process run (`jax.distributed`) process 0 makes the decisions and writes the
+JSON files; all processes checkpoint together through orbax.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from l2m_jax import distributed
 from l2m_jax.train.step import TrainState
 
 CONFIG_FILE = "config.json"
@@ -60,9 +64,13 @@ def prepare_run_dir(out_dir: str | pathlib.Path, run_config: dict, resume: bool)
     """Checks (and for a new run, creates) `out_dir` before any training or writing.
 
     New run: `out_dir` must hold no run yet (nothing is overwritten). Resume: `out_dir` must
-    hold a run with the same config and at least one checkpoint.
+    hold a run with the same config and at least one checkpoint. In a multi-process run
+    process 0 decides and writes; every process raises the same error if the check fails.
     """
-    out = pathlib.Path(out_dir)
+    distributed.on_primary(lambda: _prepare_run_dir(pathlib.Path(out_dir), run_config, resume))
+
+
+def _prepare_run_dir(out: pathlib.Path, run_config: dict, resume: bool) -> None:
     wanted = _normalised(run_config)
     ckpt = out / CHECKPOINT_DIR
     if not resume:
@@ -71,8 +79,7 @@ def prepare_run_dir(out_dir: str | pathlib.Path, run_config: dict, resume: bool)
                 f"{out} already holds a run; pass --resume to continue it, or choose a new --out"
             )
         out.mkdir(parents=True, exist_ok=True)
-        if jax.process_index() == 0:
-            (out / CONFIG_FILE).write_text(json.dumps(wanted, indent=2) + "\n")
+        (out / CONFIG_FILE).write_text(json.dumps(wanted, indent=2) + "\n")
         return
     if not out.is_dir():
         raise ValueError(f"nothing to resume: {out} does not exist (drop --resume to start)")
@@ -88,7 +95,13 @@ def prepare_run_dir(out_dir: str | pathlib.Path, run_config: dict, resume: bool)
 
 
 def checkpoint_manager(out_dir: str | pathlib.Path, keep: int) -> ocp.CheckpointManager:
-    """Synchronous saves: a step reported saved is on disk (safe with donated state)."""
+    """Synchronous saves: a step reported saved is on disk (safe with donated state).
+
+    Every process creates one and calls save / restore on it; orbax lets process 0 (its
+    primary host) write the metadata and the replicated arrays, and keeps the processes in
+    step with barriers. `out_dir` must be storage every process sees (one machine, NFS, a
+    mounted bucket).
+    """
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=True, enable_async_checkpointing=False
     )

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
+from l2m_jax import distributed
 from l2m_jax.train import checkpoint as ckpt
 from l2m_jax.train.optim import TrainConfig, lr_schedule, make_optimizer
 from l2m_jax.train.step import (
@@ -34,7 +35,7 @@ from l2m_jax.train.step import (
     evaluate,
     host_batch,
     init_state,
-    replicated,
+    put_replicated,
     train_step,
 )
 
@@ -110,7 +111,12 @@ def fit(
     {"model": ..., "data": ...}; the train config is added) identifies it, and `resume=True`
     continues the run saved there. `callback(step, state)` is called after every step
     (after that step's evaluation and checkpoint).
+
+    Multi-process (`jax.distributed`, started here if the environment asks for it): every
+    process calls `fit` with the same params and config; the mesh spans all their devices,
+    a `TokenTask` feeds each process's own rows, and process 0 writes the run directory.
     """
+    distributed.initialize()  # under jax.distributed when the environment asks for it
     mesh = data_mesh() if mesh is None else mesh
     n_dev = mesh.size
     if config.batch_size % n_dev:
@@ -123,17 +129,18 @@ def fit(
             f"eval size {config.eval_size} must be a multiple of the batch size "
             f"{config.batch_size} (it is evaluated in batches)"
         )
-    if not isinstance(task, GaussianTask) and len(task.eval_data) != config.eval_size:
+    n_proc = jax.process_count()
+    if not isinstance(task, GaussianTask) and len(task.eval_data) * n_proc != config.eval_size:
         raise ValueError(
-            f"the task's held-out set has {len(task.eval_data)} sequences but "
-            f"config.eval_size is {config.eval_size}"
+            f"the task's held-out set has {len(task.eval_data)} sequences on each of {n_proc} "
+            f"process(es) but config.eval_size is {config.eval_size}"
         )
     optimizer = make_optimizer(config)
     schedule = lr_schedule(config)
     # A private copy: the step donates its state, the caller's `params` stay valid.
     # (device_put alone may reuse the caller's buffer for the shard on its own device.)
     params = jax.tree.map(lambda a: jnp.array(a, copy=True), params)
-    state = jax.device_put(init_state(params, optimizer, config.seed), replicated(mesh))
+    state = put_replicated(init_state(params, optimizer, config.seed), mesh)
 
     out = None if out_dir is None else pathlib.Path(out_dir)
     manager = None
@@ -150,7 +157,7 @@ def fit(
     eval_path = None if out is None else out / ckpt.EVAL_FILE
 
     sharding = batch_sharding(mesh)
-    constants = jax.device_put(task.constants, replicated(mesh))
+    constants = put_replicated(task.constants, mesh)
     held_out = eval_set(task, mesh, config.eval_size, config.seed)
     start = int(jax.device_get(state.step))
     history: list[dict] = []
@@ -199,7 +206,13 @@ def fit(
             for step in range(start + 1, config.steps + 1):
                 batch = None
                 if not isinstance(task, GaussianTask):
-                    batch = host_batch(mesh, task.batches(step - 1, config.batch_size))
+                    local = np.asarray(task.batches(step - 1, config.batch_size), np.int32)
+                    if local.shape[0] * n_proc != config.batch_size:
+                        raise ValueError(
+                            f"task.batches returned {local.shape[0]} rows; each of the {n_proc} "
+                            f"process(es) must return its own {config.batch_size // n_proc}"
+                        )
+                    batch = host_batch(mesh, local)
                 state, metrics = train_step(
                     state,
                     batch,

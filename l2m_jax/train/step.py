@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 from collections.abc import Callable
 from typing import Any, ClassVar, NamedTuple
 
@@ -45,24 +44,6 @@ def init_state(params: Any, optimizer: optax.GradientTransformation, seed: int) 
 # ----------------------------------------------------------------------------- devices
 
 
-def maybe_initialize_distributed() -> bool:
-    """Calls `jax.distributed.initialize()` when the environment describes a multi-host job.
-
-    Recognised: JAX_COORDINATOR_ADDRESS (explicit), several TPU workers (TPU_WORKER_HOSTNAMES),
-    SLURM or Open MPI jobs with more than one task. Call before any other JAX work.
-    """
-    env = os.environ
-    multi = (
-        "JAX_COORDINATOR_ADDRESS" in env
-        or "," in env.get("TPU_WORKER_HOSTNAMES", "")
-        or int(env.get("SLURM_NTASKS", "1")) > 1
-        or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
-    )
-    if multi and not jax.distributed.is_initialized():
-        jax.distributed.initialize()
-    return multi
-
-
 def data_mesh(devices: list | None = None) -> Mesh:
     """A 1-D mesh named "data" over `devices` (default: every device of every process)."""
     devices = jax.devices() if devices is None else list(devices)
@@ -77,19 +58,36 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
-def host_batch(mesh: Mesh, global_batch: np.ndarray) -> jax.Array:
-    """Places a host batch (the same global array on every process) sharded over the mesh.
+def put_replicated(tree: Any, mesh: Mesh) -> Any:
+    """`tree` on every device of `mesh`. In a multi-process run every process passes the same
+    values (the same seed made them) and each places its own copy: `jax.device_put` would
+    first compare them across processes, one collective per array."""
+    sharding = replicated(mesh)
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree
+    )
 
-    Each process contributes only its own rows (`make_array_from_process_local_data`), so
-    multi-host runs never transfer other hosts' data.
+
+def host_batch(mesh: Mesh, local_rows: np.ndarray) -> jax.Array:
+    """The global batch made of every process's `local_rows`, sharded over the mesh.
+
+    Each process passes only its own rows (the same number on each); the global batch is
+    process 0's rows, then process 1's, ... (`make_array_from_process_local_data`), so no
+    process reads or sends another's data. With one process, `local_rows` is the batch.
     """
-    sharding = batch_sharding(mesh)
-    n_proc, pid = jax.process_count(), jax.process_index()
-    rows = global_batch.shape[0]
-    if rows % n_proc:
-        raise ValueError(f"batch of {rows} rows cannot be split over {n_proc} processes")
-    local = global_batch[pid * rows // n_proc : (pid + 1) * rows // n_proc]
-    return jax.make_array_from_process_local_data(sharding, local, global_batch.shape)
+    n_proc = jax.process_count()
+    rows = local_rows.shape[0]
+    global_shape = (rows * n_proc, *local_rows.shape[1:])
+    if global_shape[0] % mesh.size:
+        raise ValueError(
+            f"{n_proc} process(es) × {rows} rows cannot be split over the {mesh.size} "
+            "devices of the mesh"
+        )
+    return jax.make_array_from_process_local_data(
+        batch_sharding(mesh), np.ascontiguousarray(local_rows), global_shape
+    )
 
 
 # ----------------------------------------------------------------------------- tasks
@@ -157,10 +155,12 @@ class TokenTask:
 
     Attributes:
       apply_fn: `(params, tokens_BxL int32) -> logits_BxLxV`.
-      batches: `batches(step, batch_size) -> np.ndarray int32 [B, L+1]`, a deterministic
-        function of the step (so a resumed run sees the same data); column 0 is BOS.
+      batches: `batches(step, batch_size) -> np.ndarray int32 [B / P, L+1]`: this
+        process's rows of the global batch of `batch_size` (all of it when P = 1 process), a
+        deterministic function of the step (so a resumed run sees the same data); column 0
+        is BOS. The global batch is process 0's rows, then process 1's, ...
       seq_len: L, the predicted positions per sequence.
-      eval_data: held-out sequences `np.ndarray int32 [N, L+1]`.
+      eval_data: this process's held-out sequences `np.ndarray int32 [N / P, L+1]`.
     """
 
     apply_fn: Callable[[Any, jax.Array], jax.Array]
