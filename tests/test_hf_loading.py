@@ -3,7 +3,7 @@ benchmarks.models.hf_state_dict) with the `safetensors` package, read back by `p
 sharded placement; bad input.
 
 (Parity with transformers' own models, on checkpoints transformers writes, is in
-tests/test_hf_models.py, `slow`.)"""
+tests/test_hf_checkpoints.py, `slow`.)"""
 
 import json
 
@@ -271,3 +271,57 @@ def test_unsupported_options_are_refused(llama_folder, tmp_path):
     assert pretrained.load(folder, bos_id=3).bos_source.startswith("given by the caller")
     with pytest.raises(ValueError, match="beyond the context"):
         pretrained.load(folder, bos_id=3, max_len=129)
+
+
+# ----------------------------------------------------------------------------- scoring runs
+
+
+@pytest.mark.filterwarnings("ignore:the 2-gram histogram")  # 96 tokens: undersampled
+def test_a_scoring_run_states_the_checkpoints_document_start(llama_folder, tmp_path):
+    """`l2m bipartite --model FOLDER` writes the document start `load` took from the folder:
+    the BOS that tokenizer.json's post-processor adds (an id other than config.json's, so the
+    two cannot be confused); config.json's BOS without a tokenizer; --bos-id when given."""
+    import shutil
+
+    from tokenizers import Tokenizer, pre_tokenizers, processors
+    from tokenizers import models as tok_models
+
+    from l2m_jax.cli import main
+    from l2m_jax.experiments.bipartite import _document_start
+
+    folder, _ = llama_folder
+    with_tokenizer = tmp_path / "with_tokenizer"
+    shutil.copytree(folder, with_tokenizer)
+    vocab = {"<unk>": 0, **{c: i + 1 for i, c in enumerate("abcdef")}, "<s>": 7}
+    tokenizer = Tokenizer(tok_models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", 7)]
+    )
+    tokenizer.save(str(with_tokenizer / "tokenizer.json"))
+    model = pretrained.load(with_tokenizer)
+    assert model.bos_id == 7 and "post-processor" in model.bos_source
+
+    docs = np.random.default_rng(1).integers(0, 8, (6, 16)).astype(np.int32)
+    np.save(tmp_path / "docs.npy", docs)
+    out = tmp_path / "bp.json"
+    argv = ["bipartite", "--model", str(with_tokenizer), "--max-len", "32", "--bootstrap", "10"]
+    argv += ["--tokens", str(tmp_path / "docs.npy"), "--quiet", "--json", str(out)]
+    assert main(argv) == 0
+    start = json.loads(out.read_text())["document_start"]
+    assert start == {"bos_id": 7, "token": "<s>", "source": model.bos_source}
+
+    plain = pretrained.load(folder)  # no tokenizer.json: config.json's bos_token_id
+    assert plain.bos_source.startswith("config.json bos_token_id = 1")
+    assert _document_start(plain, None) == {"bos_id": 1, "token": None, "source": plain.bos_source}
+    given = pretrained.load(with_tokenizer, bos_id=3)
+    assert _document_start(given, 3) == {"bos_id": 3, "token": "c", "source": "--bos-id"}
+
+
+def test_a_folder_without_a_tokenizer_cannot_read_a_corpus(llama_folder, capsys):
+    from l2m_jax.cli import main
+
+    folder, _ = llama_folder
+    argv = ["bipartite", "--model", str(folder), "--corpus", "sword", "--max-len", "32"]
+    assert main([*argv, "--quiet"]) == 2
+    assert "has no tokenizer.json to read --corpus sword" in capsys.readouterr().err
