@@ -33,6 +33,9 @@ def _rel_err(got, want):
     return float(np.abs(got - want).max()) / max(float(np.abs(want).max()), 1e-30)
 
 
+FAST_COMPILE = {"xla_backend_optimization_level": 0}  # see tests/test_kernels_scan.py
+
+
 class TestDecodeKernel:
     INTERPRET = False
     TARGET = None
@@ -41,52 +44,61 @@ class TestDecodeKernel:
         if not self.INTERPRET and _dispatch.platform() == "cpu":
             pytest.skip("native Pallas needs a GPU or TPU (the Interpret subclass runs on CPU)")
 
-    def _assert_matches(self, H, K, dtype, blocks_per_split=2, E=16, seed=0, grads=True):
-        target = self.TARGET or _dispatch.pallas_target(self.INTERPRET)
-        block = 16 if target == "gpu" else BLOCK  # Triton's dot needs every dimension >= 16
+    def _assert_matches(
+        self, H, K, dtype, blocks_per_split=2, E=16, seed=0, grads=True, q_dtype=None
+    ):
+        target = self.TARGET or ("tpu" if self.INTERPRET else _dispatch.platform())
+        block = 16 if target == "gpu" else BLOCK
         # Ragged lengths: 1, block−1, block, block+1, several splits, the full cache S.
         S = 5 * block + (0 if target == "gpu" else 3)  # GPU blocks tile S; TPU may overhang
         lengths = [1, block - 1, block, block + 1, 3 * block + 2, S]
         q, kc, vc, lens = _inputs(jax.random.key(seed), len(lengths), H, K, S, E, dtype, lengths)
-        static = (0.25, block, blocks_per_split, self.INTERPRET, target)
-        kernel = lambda q, k, v: api._decode_pallas(q, k, v, lens, *static)
+        q = q.astype(q_dtype or dtype)
+        blocks = api.DecodeBlocks(block, blocks_per_split)
+        kernel = lambda q, k, v: api._decode_pallas(
+            q, k, v, lens, 0.25, blocks, self.INTERPRET, target
+        )
         ref = lambda q, k, v: reference.decode_attention_reference(q, k, v, lens, scale=0.25)
         g = jax.random.normal(jax.random.key(seed + 1), q.shape, jnp.float32)
 
-        @jax.jit
-        def both():
+        def both(q, kc, vc, g):
             out = []
             for fn in (kernel, ref):
                 o, vjp = jax.vjp(fn, q, kc, vc)
                 out.append((o, vjp(g.astype(o.dtype)) if grads else ()))
             return out
 
-        (o, dg), (o_ref, dg_ref) = both()
+        args = (q, kc, vc, g)
+        (o, dg), (o_ref, dg_ref) = jax.jit(both).trace(*args).lower().compile(FAST_COMPILE)(*args)
         assert np.isfinite(np.asarray(o, np.float32)).all(), "NaN beyond a length leaked"
         assert _rel_err(o, o_ref) <= TOL[dtype], _rel_err(o, o_ref)
         for name, a, b in zip("qkv" if grads else "", dg, dg_ref, strict=True):
             a = jnp.nan_to_num(a.astype(jnp.float32), nan=1e9)  # a NaN would fail the bound
             assert _rel_err(a, b) <= TOL[dtype], (name, _rel_err(a, b))
 
-    # GQA ratios 1, 2, 4; the backward (a recomputation) is checked once, and under -m slow.
+    # GQA ratios 1, 3, 8 (query heads per KV head); the backward (a recomputation through the
+    # reference) once by default, everywhere under -m slow.
     @pytest.mark.parametrize(
         "H, K, grads",
         [
-            (4, 4, False),
-            (4, 2, False),
-            (8, 2, True),
-            pytest.param(4, 4, True, marks=pytest.mark.slow),
+            (2, 2, False),
+            (6, 2, True),
+            (8, 1, False),
+            pytest.param(2, 2, True, marks=pytest.mark.slow),
+            pytest.param(8, 1, True, marks=pytest.mark.slow),
         ],
     )
     def test_fp32(self, H, K, grads):
         self._assert_matches(H, K, jnp.float32, grads=grads)
 
-    def test_bf16(self):
-        self._assert_matches(6, 2, jnp.bfloat16, blocks_per_split=3)
+    def test_bf16_cache(self):
+        """A bfloat16 cache with bfloat16 queries, and with float32 queries."""
+        self._assert_matches(6, 2, jnp.bfloat16, blocks_per_split=3, grads=False)
+        self._assert_matches(6, 2, jnp.bfloat16, blocks_per_split=3, q_dtype=jnp.float32)
 
     @pytest.mark.slow
     @pytest.mark.parametrize("blocks_per_split", [1, 4, 8])
-    @pytest.mark.parametrize("H, K", [(1, 1), (9, 3), (16, 2)])
+    @pytest.mark.parametrize("H, K", [(1, 1), (9, 3), (16, 2), (32, 2)])
     def test_sweep(self, H, K, blocks_per_split):
         self._assert_matches(
             H, K, jnp.float32, blocks_per_split=blocks_per_split, E=32, grads=False
@@ -106,20 +118,21 @@ class TestDecodeKernelInterpret(TestDecodeKernel):
 
 
 class TestDecodeKernelInterpretGpuForm(TestDecodeKernel):
-    """The GPU (Triton) form — lengths as an input block, padded query heads — interpreted."""
+    """The GPU (Triton) form — lengths as an input block; fewer than 16 query heads per KV
+    head row by row (no padding), 16 or more as a matmul — interpreted."""
 
     INTERPRET = True
     TARGET = "gpu"
     test_fp32 = None
-    test_sweep = None
     test_dispatcher_and_zero_length = None
 
-    def test_gpu_form(self):
-        self._assert_matches(6, 2, jnp.float32, blocks_per_split=3)
+    @pytest.mark.parametrize("H, K", [(6, 2), pytest.param(32, 2, marks=pytest.mark.slow)])
+    def test_gpu_form(self, H, K):
+        self._assert_matches(H, K, jnp.float32, blocks_per_split=3)
 
     @pytest.mark.slow
-    def test_bf16(self):
-        self._assert_matches(6, 2, jnp.bfloat16, blocks_per_split=3)
+    def test_bf16_cache(self):
+        super().test_bf16_cache()
 
 
 def test_append_then_decode_equals_full_attention():
@@ -165,3 +178,24 @@ def test_decode_rejects_bad_arguments():
             decode_attention(q, kc, vc, lens, implementation="pallas")
     with pytest.raises(TypeError, match="floating"):
         decode_attention(q.astype(jnp.int32), kc, vc, lens)
+
+
+def test_append_kv_refuses_rows_outside_the_cache():
+    kc = vc = jnp.zeros((2, 1, 4, 2))
+    k = v = jnp.ones((2, 1, 2))
+    for lengths in ([4, 0], [1, -1]):
+        with pytest.raises(ValueError, match="outside the cache"):
+            append_kv(kc, vc, k, v, jnp.asarray(lengths, jnp.int32))
+
+
+def test_append_kv_under_jit_drops_rows_outside_the_cache_exactly():
+    """Traced lengths: a full sequence (length S) and a negative length write nothing — no
+    clamping onto row S − 1, no wrap-around — and the other sequence's row is written."""
+    S = 4
+    kc = jnp.arange(3 * S * 2, dtype=jnp.float32).reshape(3, 1, S, 2)
+    k = jnp.full((3, 1, 2), -7.0)
+    new_k, new_v = jax.jit(append_kv)(kc, kc, k, k, jnp.asarray([S, -1, 2], jnp.int32))
+    want = np.asarray(kc).copy()
+    want[2, 0, 2] = -7.0
+    np.testing.assert_array_equal(np.asarray(new_k), want)
+    np.testing.assert_array_equal(np.asarray(new_v), want)

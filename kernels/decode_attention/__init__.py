@@ -1,5 +1,6 @@
-"""Decoding over a growing KV cache: `append_kv` and flash-decoding `decode_attention`."""
+"""Decoding over a growing KV cache: `append_kv` and flash-decoding `decode_attention` (block
+configuration `DecodeBlocks`)."""
 
-from kernels.decode_attention.api import append_kv, decode_attention
+from kernels.decode_attention.api import DecodeBlocks, append_kv, decode_attention
 
-__all__ = ["append_kv", "decode_attention"]
+__all__ = ["DecodeBlocks", "append_kv", "decode_attention"]

@@ -9,6 +9,12 @@ KV head h // (H // K)).
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
+
+try:  # public in jax 0.10; kept importable across versions
+    from jax.core import Tracer
+except ImportError:  # pragma: no cover
+    from jax._src.core import Tracer
 
 __all__ = ["append_kv", "decode_attention_reference"]
 
@@ -17,15 +23,38 @@ def append_kv(k_cache_BxKxSxE, v_cache_BxKxSxE, k_BxKxE, v_BxKxE, lengths_B):
     """Writes one token's K/V at row `lengths[b]` of each sequence; returns the new caches.
 
     The caller increments `lengths` afterwards. Donate the caches under `jit`
-    (`jax.jit(..., donate_argnums=(0, 1))`) so XLA updates them in place. A row at or beyond
-    the capacity S is dropped (size the cache for the longest sequence).
+    (`jax.jit(..., donate_argnums=(0, 1))`) so XLA updates them in place.
+
+    A row outside 0 .. S − 1 (a full cache, or a negative length) is never written: with
+    concrete lengths this raises a ValueError; under `jit` (traced lengths) that sequence's
+    write is dropped and every other row of every sequence is left as it was (no clamping onto
+    the last row, no wrap-around of negative indices).
     """
-    b_B = jnp.arange(k_cache_BxKxSxE.shape[0])
+    B, K, S, E = k_cache_BxKxSxE.shape
+    if lengths_B.shape != (B,) or not jnp.issubdtype(lengths_B.dtype, jnp.integer):
+        raise ValueError(
+            f"lengths_B must be an integer array of shape ({B},), got {lengths_B.dtype} "
+            f"{tuple(lengths_B.shape)}"
+        )
+    for name, a in (("k_BxKxE", k_BxKxE), ("v_BxKxE", v_BxKxE)):
+        if tuple(a.shape) != (B, K, E):
+            raise ValueError(f"{name} has shape {tuple(a.shape)}; expected [B={B}, K={K}, E={E}]")
+    if not isinstance(lengths_B, Tracer):
+        lengths = np.asarray(lengths_B)
+        bad = np.flatnonzero((lengths < 0) | (lengths >= S))
+        if bad.size:
+            raise ValueError(
+                f"append_kv: sequence {int(bad[0])} has length {int(lengths[bad[0]])}, so its "
+                f"next row is outside the cache's {S} rows; size the cache for the longest "
+                "sequence (a larger capacity in init_cache)"
+            )
     lengths_B = lengths_B.astype(jnp.int32)
-    k_cache = k_cache_BxKxSxE.at[b_B, :, lengths_B].set(
+    rows_B = jnp.where((lengths_B >= 0) & (lengths_B < S), lengths_B, S)  # S: dropped
+    b_B = jnp.arange(B)
+    k_cache = k_cache_BxKxSxE.at[b_B, :, rows_B].set(
         k_BxKxE.astype(k_cache_BxKxSxE.dtype), mode="drop"
     )
-    v_cache = v_cache_BxKxSxE.at[b_B, :, lengths_B].set(
+    v_cache = v_cache_BxKxSxE.at[b_B, :, rows_B].set(
         v_BxKxE.astype(v_cache_BxKxSxE.dtype), mode="drop"
     )
     return k_cache, v_cache

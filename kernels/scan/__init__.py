@@ -1,5 +1,6 @@
-"""SSM scans: Mamba-1 `selective_scan` and Mamba-2 `ssd` (chunked state-space duality)."""
+"""SSM scans: Mamba-1 `selective_scan` and Mamba-2 `ssd` (chunked state-space duality), with
+their Pallas block configurations `SelectiveBlocks` and `SSDBlocks`."""
 
-from kernels.scan.api import selective_scan, ssd
+from kernels.scan.api import SelectiveBlocks, SSDBlocks, selective_scan, ssd
 
-__all__ = ["selective_scan", "ssd"]
+__all__ = ["SSDBlocks", "SelectiveBlocks", "selective_scan", "ssd"]

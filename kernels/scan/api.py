@@ -1,4 +1,14 @@
-"""Dispatchers for the SSM scans: `selective_scan` (Mamba-1) and `ssd` (Mamba-2)."""
+"""Dispatchers for the SSM scans: `selective_scan` (Mamba-1) and `ssd` (Mamba-2).
+
+Forms (chosen by the lowering platform, kernels._dispatch):
+  CPU          XLA: a sequential `lax.scan` forward that keeps the state at every chunk start;
+               the backward recomputes chunk by chunk in reverse (kernels.scan.xla). Small
+               problems (B·L·state ≤ 2**20) use lax.scan's own autodiff, faster there.
+  TPU, GPU     Pallas kernels, forward and backward (kernels.scan.pallas); "xla" there: the
+               chunked parallel forms with the same chunk-boundary backward.
+Otherwise gradients flow through `jax.custom_vjp`s whose residuals are the inputs and the
+chunk start states: O(B·L/T·state) memory, never B·L·state.
+"""
 
 from __future__ import annotations
 
@@ -8,106 +18,78 @@ import jax
 import jax.numpy as jnp
 
 from kernels import _dispatch
-from kernels.scan import pallas, reference
+from kernels.scan import pallas, reference, xla
+from kernels.scan.pallas import SelectiveBlocks, SSDBlocks
 
-__all__ = ["selective_scan", "ssd"]
+__all__ = ["SSDBlocks", "SelectiveBlocks", "selective_scan", "ssd"]
 
-# Chunk sizes. SSD: positions per chunk of the Pallas kernel (the caller's `chunk_size`).
-# Selective scan: positions per grid step of the TPU kernel (the state stays on chip across).
-_SELECTIVE_CHUNK = 128
-# The CPU backward recomputes through the chunked SSD with this chunk (fastest measured).
-_CPU_SSD_GRAD_CHUNK = 32
+# CPU forms (measured at the presets' scan shapes, batch 4 × 1024, forward + backward; see
+# `python -m benchmarks.scan --sections model`): up to _CPU_AUTODIFF_MAX elements of B·L·state
+# the sequential lax.scan with its own autodiff is fastest (its B·L·state residuals fit in
+# cache: gauss-mamba-z512 7.6 ms against 8.6-9.0 ms); above it, the chunk-boundary backward
+# (mamba-tiny 54 ms against 321 ms, mamba2-tiny 29 ms against 443 ms, gauss-mamba2 10.3 ms
+# against 12.4 ms), whose memory stays O(B·L/T·state). Chunks: 64 positions for the selective
+# scan; 32 for SSD states up to _CPU_SSD_SMALL_STATE elements per sequence (faster there),
+# else 64 (fewer saved states for the large ones).
+_CPU_AUTODIFF_MAX = 2**20
+_CPU_SELECTIVE_CHUNK = 64
+_CPU_SSD_SMALL_STATE = 16384
+# Accelerators, implementation="xla": chunks of associative scans for the selective scan.
+_SELECTIVE_CHUNK = 64
 
-
-# ----------------------------------------------------------------------------- XLA forms
-# On CPU a sequential `lax.scan` is the fastest forward (no B·L·…·N intermediates). Its
-# gradient: the scan's own autodiff (residuals kept from the forward) for the selective scan
-# and for small SSD states; for SSD states above _CPU_SSD_SEQUENTIAL_GRAD_MAX elements per
-# sequence, a recomputation through the chunked SSD form, whose backward is several times
-# faster there (measured with `python -m benchmarks.scan`: mamba2-tiny 34 ms vs 160 ms).
-# On GPU/TPU the chunked (matmul) forms are used throughout.
-_CPU_SSD_SEQUENTIAL_GRAD_MAX = 1024
-
-
-def _ssd_xla_cpu_grad_form(x, dt, A, Bm, Cm, h0):
-    return reference.ssd_chunked(x, dt, A, Bm, Cm, chunk_size=_CPU_SSD_GRAD_CHUNK, h0_BxHxPxN=h0)
+_PALLAS_DTYPES = (jnp.float32, jnp.bfloat16)
 
 
-def _ssd_sequential(x, dt, A, Bm, Cm, h0):
-    return reference.ssd_sequential(x, dt, A, Bm, Cm, h0_BxHxPxN=h0)
-
-
-def _selective_sequential(x, dt, A, Bm, Cm, h0):
-    return reference.selective_scan_sequential(x, dt, A, Bm, Cm, h0_BxDxN=h0)
-
-
-def _selective_grad_form(x, dt, A, Bm, Cm, h0):
-    return jax.checkpoint(_selective_sequential)(x, dt, A, Bm, Cm, h0)
-
-
-def _recompute_bwd(grad_form, residuals, g):
-    _, vjp = jax.vjp(grad_form, *residuals)
-    return vjp(g)
-
-
-@jax.custom_vjp
-def _ssd_xla_cpu(x, dt, A, Bm, Cm, h0):
-    return _ssd_sequential(x, dt, A, Bm, Cm, h0)
-
-
-_ssd_xla_cpu.defvjp(
-    lambda *a: (_ssd_xla_cpu(*a), a),
-    functools.partial(_recompute_bwd, _ssd_xla_cpu_grad_form),
-)
-
-
-# ----------------------------------------------------------------------------- Pallas
-# Backward passes: reference-based, by recomputation. The Pallas forward saves only its
-# inputs; the backward differentiates the XLA chunked form (SSD) / the checkpointed
-# sequential scan (selective scan) on them. No Pallas backward kernel.
+# ----------------------------------------------------------------------------- Pallas VJPs
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8))
-def _ssd_pallas(x, dt, A, Bm, Cm, h0, chunk_size, interpret, target):
-    return pallas.ssd_pallas(
-        x, dt, A, Bm, Cm, h0, chunk_size=chunk_size, interpret=interpret, target=target
+def _ssd_pallas(x, dt, A, Bm, Cm, h0, blocks, target, interpret):
+    y, h, _ = pallas.ssd_fwd(
+        x, dt, A, Bm, Cm, h0, blocks=blocks, target=target, interpret=interpret
     )
+    return y, h
 
 
-def _ssd_pallas_fwd(x, dt, A, Bm, Cm, h0, chunk_size, interpret, target):
-    out = _ssd_pallas(x, dt, A, Bm, Cm, h0, chunk_size, interpret, target)
-    return out, (x, dt, A, Bm, Cm, h0)
+def _ssd_pallas_fwd(x, dt, A, Bm, Cm, h0, blocks, target, interpret):
+    kw = dict(blocks=blocks, target=target, interpret=interpret)
+    y, h, starts = pallas.ssd_fwd(x, dt, A, Bm, Cm, h0, **kw)
+    return (y, h), (x, dt, A, Bm, Cm, h0, starts)
 
 
-def _ssd_pallas_bwd(chunk_size, interpret, target, residuals, g):
-    form = lambda x, dt, A, Bm, Cm, h0: reference.ssd_chunked(
-        x, dt, A, Bm, Cm, chunk_size=chunk_size, h0_BxHxPxN=h0
-    )
-    return _recompute_bwd(form, residuals, g)
+def _ssd_pallas_bwd(blocks, target, interpret, residuals, cotangents):
+    x, dt, A, Bm, Cm, h0, starts = residuals
+    kw = dict(blocks=blocks, target=target, interpret=interpret)
+    *grads, dh0 = pallas.ssd_bwd(x, dt, A, Bm, Cm, starts, *cotangents, **kw)
+    return (*grads, dh0.astype(h0.dtype))
 
 
 _ssd_pallas.defvjp(_ssd_pallas_fwd, _ssd_pallas_bwd)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8))
-def _selective_pallas(x, dt, A, Bm, Cm, h0, chunk_size, interpret, target):
-    return pallas.selective_scan_pallas(
-        x, dt, A, Bm, Cm, h0, chunk_size=chunk_size, interpret=interpret, target=target
-    )
+def _selective_pallas(x, dt, A, Bm, Cm, h0, blocks, target, interpret):
+    kw = dict(blocks=blocks, target=target, interpret=interpret)
+    return pallas.selective_scan_fwd(x, dt, A, Bm, Cm, h0, save=False, **kw)
 
 
-def _selective_pallas_fwd(x, dt, A, Bm, Cm, h0, chunk_size, interpret, target):
-    out = _selective_pallas(x, dt, A, Bm, Cm, h0, chunk_size, interpret, target)
-    return out, (x, dt, A, Bm, Cm, h0)
+def _selective_pallas_fwd(x, dt, A, Bm, Cm, h0, blocks, target, interpret):
+    kw = dict(blocks=blocks, target=target, interpret=interpret)
+    y, h, saved = pallas.selective_scan_fwd(x, dt, A, Bm, Cm, h0, save=True, **kw)
+    return (y, h), (x, dt, A, Bm, Cm, h0, saved)
 
 
-def _selective_pallas_bwd(chunk_size, interpret, target, residuals, g):
-    return _recompute_bwd(_selective_grad_form, residuals, g)
+def _selective_pallas_bwd(blocks, target, interpret, residuals, cotangents):
+    x, dt, A, Bm, Cm, h0, saved = residuals
+    kw = dict(blocks=blocks, target=target, interpret=interpret)
+    *grads, dh0 = pallas.selective_scan_bwd(x, dt, A, Bm, Cm, saved, *cotangents, **kw)
+    return (*grads, dh0.astype(h0.dtype))
 
 
 _selective_pallas.defvjp(_selective_pallas_fwd, _selective_pallas_bwd)
 
-_PALLAS_DTYPES = (jnp.float32, jnp.bfloat16)
+
+# ----------------------------------------------------------------------------- checks
 
 
 def _shape_error(name, array, expected):
@@ -127,6 +109,17 @@ def _pallas_dtype_problem(**arrays):
     return None
 
 
+def _blocks_problem(blocks, check):
+    try:
+        check()
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+# ----------------------------------------------------------------------------- public
+
+
 def selective_scan(
     x_BxLxD,
     dt_BxLxD,
@@ -137,6 +130,7 @@ def selective_scan(
     h0_BxDxN=None,
     implementation="auto",
     interpret=False,
+    blocks=None,
 ):
     """Mamba-1 selective scan: h_t = exp(dt_t·A) ⊙ h_{t-1} + dt_t·x_t·B_t,  y_t = h_t·C_t.
 
@@ -145,6 +139,7 @@ def selective_scan(
       A_DxN: (negative) state matrix.  B_BxLxN, C_BxLxN: input/output projections.
       h0_BxDxN: initial state (zeros if None).
       implementation: "auto" | "xla" | "pallas"; interpret: run Pallas in interpret mode.
+      blocks: `SelectiveBlocks` for the Pallas kernels (None: defaults from the shapes).
     Returns:
       (y_BxLxD in x's dtype, final state h_BxDxN in float32). The D skip and the gate are
       the caller's.
@@ -165,20 +160,43 @@ def selective_scan(
     ):
         if a is not None and tuple(a.shape) != want:
             raise _shape_error(name, a, list(want))
+    if blocks is not None and not isinstance(blocks, SelectiveBlocks):
+        raise TypeError(f"blocks must be a SelectiveBlocks or None, got {type(blocks).__name__}")
     arrays = dict(x_BxLxD=x_BxLxD, dt_BxLxD=dt_BxLxD, A_DxN=A_DxN, B_BxLxN=B_BxLxN)
     arrays.update(C_BxLxN=C_BxLxN, h0_BxDxN=h0_BxDxN)
     _check_float(**arrays)
-    impl = _dispatch.choose(
-        "selective_scan", implementation, interpret, _pallas_dtype_problem(**arrays)
-    )
+    dtype_problem = _pallas_dtype_problem(**arrays)
+
+    def target_blocks(target):
+        if blocks is not None:
+            return blocks
+        return SelectiveBlocks.default(Bsz, L, D, N, target, x_BxLxD.dtype)
+
+    def unsupported(target):
+        b = target_blocks(target)
+        return dtype_problem or _blocks_problem(b, lambda: b.check(D, target))
+
+    def pallas_form(target, interpret=False):
+        b = target_blocks(target)
+        return lambda *a: _selective_pallas(*a, b, target, interpret)
+
     h0 = jnp.zeros((Bsz, D, N), jnp.float32) if h0_BxDxN is None else h0_BxDxN
-    args = (x_BxLxD, dt_BxLxD, A_DxN, B_BxLxN, C_BxLxN, h0)
-    if impl == "pallas":
-        target = _dispatch.pallas_target(interpret)
-        return _selective_pallas(*args, _SELECTIVE_CHUNK, interpret, target)
-    if _dispatch.platform() == "cpu":
-        return _selective_sequential(*args)  # plain lax.scan, its own autodiff
-    return reference.selective_scan_chunked(*args[:5], h0_BxDxN=h0)
+    if Bsz * L * D * N <= _CPU_AUTODIFF_MAX:
+        cpu = lambda *a: reference.selective_scan_sequential(*a[:5], h0_BxDxN=a[5])
+    else:
+        cpu = lambda *a: xla.selective_scan(*a, _CPU_SELECTIVE_CHUNK, "sequential")
+    fn = _dispatch.select(
+        "selective_scan",
+        implementation,
+        interpret,
+        xla={
+            "cpu": cpu,
+            "default": lambda *a: xla.selective_scan(*a, _SELECTIVE_CHUNK, "chunked"),
+        },
+        pallas=pallas_form,
+        unsupported=unsupported,
+    )
+    return fn(x_BxLxD, dt_BxLxD, A_DxN, B_BxLxN, C_BxLxN, h0)
 
 
 def ssd(
@@ -192,15 +210,18 @@ def ssd(
     h0_BxHxPxN=None,
     implementation="auto",
     interpret=False,
+    blocks=None,
 ):
     """Mamba-2 SSD scan: h_t = exp(dt_t·A_h) h_{t-1} + dt_t x_t ⊗ B_t,  y_t = h_t C_t.
 
     Args:
       x_BxLxHxP: inputs per head.  dt_BxLxH: positive step sizes.  A_H: (negative) decay
       rate per head.  B_BxLxGxN, C_BxLxGxN: projections shared by the H // G heads of a
-      group (G divides H).  chunk_size: positions per chunk of the chunked algorithm.
+      group (G divides H).  chunk_size: positions per chunk of the chunked algorithm (and of
+      the backward's recomputation); the Pallas kernels use it where the target can.
       h0_BxHxPxN: initial state (zeros if None).
       implementation: "auto" | "xla" | "pallas"; interpret: run Pallas in interpret mode.
+      blocks: `SSDBlocks` for the Pallas kernels (None: defaults from the shapes).
     Returns:
       (y_BxLxHxP in x's dtype, final state h_BxHxPxN in float32).
     """
@@ -225,20 +246,41 @@ def ssd(
             raise _shape_error(name, a, list(want))
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    if blocks is not None and not isinstance(blocks, SSDBlocks):
+        raise TypeError(f"blocks must be an SSDBlocks or None, got {type(blocks).__name__}")
     arrays = dict(x_BxLxHxP=x_BxLxHxP, dt_BxLxH=dt_BxLxH, A_H=A_H, B_BxLxGxN=B_BxLxGxN)
     arrays.update(C_BxLxGxN=C_BxLxGxN, h0_BxHxPxN=h0_BxHxPxN)
     _check_float(**arrays)
-    problem = _pallas_dtype_problem(**arrays)
-    if _dispatch.platform() == "gpu" and (chunk_size < 16 or chunk_size & (chunk_size - 1)):
-        problem = f"the GPU kernel needs chunk_size a power of two >= 16, got {chunk_size}"
-    impl = _dispatch.choose("ssd", implementation, interpret, problem)
+    dtype_problem = _pallas_dtype_problem(**arrays)
+
+    def target_blocks(target):
+        if blocks is not None:
+            return blocks
+        return SSDBlocks.default(Bsz, L, H, P, G, N, chunk_size, target)
+
+    def unsupported(target):
+        b = target_blocks(target)
+        return dtype_problem or _blocks_problem(b, lambda: b.check(L, H, G, target))
+
+    def pallas_form(target, interpret=False):
+        b = target_blocks(target)
+        return lambda *a: _ssd_pallas(*a, b, target, interpret)
+
     h0 = jnp.zeros((Bsz, H, P, N), jnp.float32) if h0_BxHxPxN is None else h0_BxHxPxN
-    args = (x_BxLxHxP, dt_BxLxH, A_H, B_BxLxGxN, C_BxLxGxN, h0)
-    if impl == "pallas":
-        target = _dispatch.pallas_target(interpret)
-        return _ssd_pallas(*args, chunk_size, interpret, target)
-    if _dispatch.platform() == "cpu":
-        if H * P * N <= _CPU_SSD_SEQUENTIAL_GRAD_MAX:
-            return _ssd_sequential(*args)  # plain lax.scan, its own autodiff
-        return _ssd_xla_cpu(*args)
-    return reference.ssd_chunked(*args[:5], chunk_size=chunk_size, h0_BxHxPxN=h0)
+    if Bsz * L * H * P * N <= _CPU_AUTODIFF_MAX:
+        cpu = lambda *a: reference.ssd_sequential(*a[:5], h0_BxHxPxN=a[5])
+    else:
+        T = 32 if H * P * N <= _CPU_SSD_SMALL_STATE else 64
+        cpu = lambda *a: xla.ssd(*a, T, "sequential")
+    fn = _dispatch.select(
+        "ssd",
+        implementation,
+        interpret,
+        xla={
+            "cpu": cpu,
+            "default": lambda *a: xla.ssd(*a, chunk_size, "chunked"),
+        },
+        pallas=pallas_form,
+        unsupported=unsupported,
+    )
+    return fn(x_BxLxHxP, dt_BxLxH, A_H, B_BxLxGxN, C_BxLxGxN, h0)

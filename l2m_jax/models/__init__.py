@@ -3,6 +3,8 @@
   params = init(config, key)
   out = apply(config, params, inputs)             # tokens [B, L] -> logits [B, L, V];
                                                   # vectors [B, L, C] -> GaussianPrediction
+  x = hidden_states(config, params, inputs)       # the final hidden states [B, L, D]
+  logp = token_logprobs(config, params, inputs, targets)   # [B, L], no [B, L, V] array
   cache = init_cache(config, batch, max_len)
   out, cache = prefill(config, params, inputs, cache)
   out, cache = decode_step(config, params, input_B, cache)   # [B] tokens or [B, C] vectors
@@ -18,7 +20,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from l2m_jax.models import flax_adapter, gguf, hf, pretrained
+from l2m_jax.models import flax_adapter, gguf, heads, hf, pretrained
 from l2m_jax.models import ssm as _ssm
 from l2m_jax.models import transformer as _transformer
 from l2m_jax.models.gguf import load_llama_gguf
@@ -48,6 +50,7 @@ __all__ = [
     "flax_adapter",
     "gguf",
     "hf",
+    "hidden_states",
     "history_state_size",
     "init",
     "init_cache",
@@ -57,6 +60,7 @@ __all__ = [
     "preset",
     "pretrained",
     "token_logprob_fn",
+    "token_logprobs",
 ]
 
 _MODULES = {TransformerConfig: _transformer, MambaConfig: _ssm, Mamba2Config: _ssm}
@@ -78,6 +82,20 @@ def init(config, key) -> dict:
 def apply(config, params, inputs):
     """Whole-sequence forward pass (training): output t depends on inputs 0..t only."""
     return _module(config).apply(config, params, inputs)
+
+
+def hidden_states(config, params, inputs):
+    """The final (normalised) hidden states [B, L, D] of a whole-sequence pass: `apply` is the
+    head on them (`heads.output`)."""
+    return _module(config).hidden_states(config, params, inputs)
+
+
+def token_logprobs(config, params, inputs_BxL, targets_BxL, *, chunk_size=None):
+    """log q(targets[b, t] | inputs[b, :t+1]) [B, L] float32 for a token model, with the
+    unembedding and log-softmax fused over chunks of positions (forward and backward): no
+    [B, L, V] logits. Equals log_softmax(apply(config, params, inputs))[targets]."""
+    x_BxLxD = hidden_states(config, params, inputs_BxL)
+    return heads.token_logprobs(config, params, x_BxLxD, targets_BxL, chunk_size=chunk_size)
 
 
 def init_cache(config, batch: int, max_len: int):
@@ -104,13 +122,14 @@ def token_logprob_fn(config):
     """`logprob_fn(params, tokens_BxT int32) -> logp_BxT float32` for the estimators.
 
     Entry t is log q(tokens[t] | BOS, tokens[:t]): the model prepends `config.bos_id` and
-    scores all T tokens in one forward pass of length T.
+    scores all T tokens in one forward pass of length T, through `token_logprobs` (memory
+    O(T), never the [B, T, V] logits).
     """
     if config.head != "tokens":
         raise ValueError(
             f"token_logprob_fn needs a token model (head='tokens'), got head={config.head!r}"
         )
-    module = _module(config)
+    _module(config)
 
     def logprob_fn(params, tokens_BxT):
         if tokens_BxT.ndim != 2:
@@ -118,9 +137,7 @@ def token_logprob_fn(config):
         tokens_BxT = tokens_BxT.astype(jnp.int32)
         bos_Bx1 = jnp.full((tokens_BxT.shape[0], 1), config.bos_id, jnp.int32)
         inputs_BxT = jnp.concatenate([bos_Bx1, tokens_BxT[:, :-1]], axis=1)
-        logits_BxTxV = module.apply(config, params, inputs_BxT).astype(jnp.float32)
-        picked_BxT = jnp.take_along_axis(logits_BxTxV, tokens_BxT[..., None], axis=-1)[..., 0]
-        return picked_BxT - jax.nn.logsumexp(logits_BxTxV, axis=-1)
+        return token_logprobs(config, params, inputs_BxT, tokens_BxT)
 
     return logprob_fn
 

@@ -32,15 +32,22 @@ block when importing (new[:, h·E + i] = old[:, h·E + 2i], new[:, h·E + E/2 + 
 Blocks are pre-norm: x + attn(norm1(x)), then + mlp(norm2(·)); with parallel_residual
 (GPT-NeoX) both branches read the same x: x + attn(norm1(x)) + mlp(norm2(x)).
 
-Generation uses a preallocated `KVCache` (per layer [B, K, S, E] keys and values, per-sequence
-int32 lengths; donate it to the jitted step); decoding one token writes through
-`kernels.decode_attention.append_kv` and attends with `kernels.decode_attention.decode_attention`.
-Whole sequences and prefill use plain causal attention (`jax.nn.dot_product_attention`, by
-query blocks that skip the masked triangle).
+Attention: whole sequences go through `kernels.attention.causal_attention` (O(L) memory in
+the forward and backward pass: blockwise on CPU, splash on TPU, cuDNN on GPU — chosen by the
+lowering platform), prefill through `kernels.attention.prefill_attention` (the new block
+against the cache rows, O(L + S)). Generation uses a preallocated `KVCache` (per layer
+[B, K, S, E] keys and values in config.dtype, per-sequence int32 lengths; donate it to the
+jitted step); decoding one token writes through `kernels.decode_attention.append_kv` and
+attends with `kernels.decode_attention.decode_attention`. `implementation="reference"` runs
+the quadratic reference attention instead (the form before O(L) attention; for checks).
+
+`hidden_states` gives the final (normalised) hidden states; `apply` is the head on them, and
+`heads.token_logprobs` the fused token head that never builds the [B, L, V] logits.
 
 Past the cache capacity S (or the learned positions P): Python-level checks raise ValueError
 whenever lengths are static or concrete (eager calls, shapes under jit). Under jit with traced
-lengths, the outputs of a sequence that runs past S or P are NaN (never a silent clip).
+lengths, the outputs of a sequence that runs past S or P are NaN (never a silent clip), and the
+rows that do not fit are dropped: a prefill never overwrites the valid rows of the cache.
 """
 
 from __future__ import annotations
@@ -55,6 +62,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from kernels.attention import causal_attention, prefill_attention
 from kernels.decode_attention import append_kv, decode_attention
 from l2m_jax.models import _layers, heads
 
@@ -63,7 +71,8 @@ __all__ = ["KVCache", "RopeScaling", "TransformerConfig", "rope_frequencies"]
 STYLES = ("gpt2", "llama", "neox")
 ACTIVATIONS = ("gelu_tanh", "gelu", "silu", "relu")
 ROPE_SCALINGS = ("linear", "llama3", "divisors")
-ATTENTION_BLOCK = 256  # minimum query block of whole-sequence causal attention
+# The kernel implementations, plus the quadratic reference attention (for checks).
+IMPLEMENTATIONS = (*_layers.IMPLEMENTATIONS, "reference")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,12 +157,16 @@ class TransformerConfig:
       head: "tokens" (logits) or "gaussian" (GaussianPrediction of `channels` values).
       channels: C, vector size for head="gaussian".
       bos_id: token prepended by `token_logprob_fn`.
-      implementation, interpret: passed to the decode-attention kernel dispatcher.
+      implementation: "auto" | "xla" | "pallas" for the attention kernels (whole-sequence,
+        prefill and decode dispatchers), or "reference": the quadratic reference attention
+        (full L×L scores) and the XLA decode form. interpret: run Pallas kernels in interpret
+        mode (CPU tests).
       remat: recompute each layer's activations in the backward pass of `apply`
         (`jax.checkpoint` per layer): memory O(layers) instead of O(layers x activations).
-      dtype: "float32" or "bfloat16", the operand type of the matmuls and of whole-sequence
-        attention (accumulation, norms, softmax, activations and the KV cache stay float32;
-        prefill/decode attention is float32). Parameters keep whatever dtype they have.
+      dtype: "float32" or "bfloat16": activations, matmul operands, attention and the KV cache
+        in this type (the same in apply, prefill and decode), with float32 accumulation,
+        norm and softmax statistics. Parameters keep whatever dtype they have (float32, or a
+        bfloat16 checkpoint's matrices).
     """
 
     style: str = "gpt2"
@@ -187,7 +200,7 @@ class TransformerConfig:
     def __post_init__(self):
         if self.style not in STYLES:
             raise ValueError(f"TransformerConfig.style must be one of {STYLES}, got {self.style!r}")
-        _layers.check_common(self)
+        _layers.check_common(self, IMPLEMENTATIONS)
         _layers.check_positive("TransformerConfig.n_heads", self.n_heads)
         if self.d_head is not None:
             _layers.check_positive("TransformerConfig.d_head", self.d_head)
@@ -477,47 +490,40 @@ def _layer(config, layer, x_BxLxD, positions_BxL, attend):
     return x_BxLxD, extra
 
 
-def _causal(q_BxLxHxE, k_BxLxKxE, v_BxLxKxE, dtype="float32"):
-    """Causal attention by query blocks: block i attends to keys 0 .. end of block i only.
-
-    Skipping the masked upper triangle halves the work; at most 16 blocks (>= 256 queries
-    each) keep the traced graph small. Masked scores are exactly excluded (zero weight).
-    """
-    L = q_BxLxHxE.shape[1]
-    block = max(ATTENTION_BLOCK, -(-L // 16))
-    outs = []
-    for start in range(0, L, block):
-        stop = min(start + block, L)
-        mask_TxS = jnp.arange(stop)[None, :] <= jnp.arange(start, stop)[:, None]
-        outs.append(
-            jax.nn.dot_product_attention(
-                q_BxLxHxE[:, start:stop].astype(dtype),
-                k_BxLxKxE[:, :stop].astype(dtype),
-                v_BxLxKxE[:, :stop].astype(dtype),
-                mask=mask_TxS[None, None],
-            )
-        )
-    return jnp.concatenate(outs, axis=1).astype(jnp.float32), None
+def _kernel_implementation(config):
+    """The kernel dispatchers' implementation ("reference" runs their XLA forms)."""
+    return "xla" if config.implementation == "reference" else config.implementation
 
 
-def apply(config: TransformerConfig, params: dict, inputs):
-    """Whole sequences: tokens [B, L] -> logits [B, L, V], or vectors [B, L, C] ->
-    GaussianPrediction([B, L, C], [B, L, C]). Output t sees inputs 0..t."""
+def _whole_sequence_attention(config, q_BxLxHxE, k_BxLxKxE, v_BxLxKxE):
+    q, k, v = (a.astype(config.dtype) for a in (q_BxLxHxE, k_BxLxKxE, v_BxLxKxE))
+    o = causal_attention(q, k, v, implementation=config.implementation, interpret=config.interpret)
+    return o, None
+
+
+def hidden_states(config: TransformerConfig, params: dict, inputs):
+    """Whole sequences -> the final (normalised) hidden states x_BxLxD in config.dtype: what
+    the head (`heads.output`, or the fused `heads.token_logprobs`) is applied to."""
     heads.check_inputs(config, inputs, step=False)
     B, L = inputs.shape[:2]
     heads.check_positions(config, L)
     positions_BxL = jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), (B, L))
     x_BxLxD = heads.embed(config, params, inputs, positions_BxL)
+    attend = functools.partial(_whole_sequence_attention, config)
 
     def body(x_BxLxD, layer):
         return _layer(config, layer, x_BxLxD, positions_BxL, attend)
 
-    attend = functools.partial(_causal, dtype=config.dtype)
-
     if config.remat:
         body = jax.checkpoint(body)
     x_BxLxD, _ = lax.scan(body, x_BxLxD, params["layers"])
-    return heads.output(config, params, _norm(config, params["final_norm"], x_BxLxD))
+    return _norm(config, params["final_norm"], x_BxLxD)
+
+
+def apply(config: TransformerConfig, params: dict, inputs):
+    """Whole sequences: tokens [B, L] -> logits [B, L, V], or vectors [B, L, C] ->
+    GaussianPrediction([B, L, C], [B, L, C]) (float32). Output t sees inputs 0..t."""
+    return heads.output(config, params, hidden_states(config, params, inputs))
 
 
 # ----------------------------------------------------------------------------- generation
@@ -529,10 +535,8 @@ def init_cache(config: TransformerConfig, batch: int, max_len: int) -> KVCache:
     _layers.check_positive("max_len", max_len)
     heads.check_positions(config, max_len)
     shape = (batch, config.kv_heads, max_len, config.head_dim)
-    zeros = tuple(jnp.zeros(shape, jnp.float32) for _ in range(config.n_layers))
-    return KVCache(
-        zeros, tuple(jnp.zeros(shape, jnp.float32) for _ in zeros), jnp.zeros((batch,), jnp.int32)
-    )
+    zeros = lambda: tuple(jnp.zeros(shape, config.dtype) for _ in range(config.n_layers))
+    return KVCache(zeros(), zeros(), jnp.zeros((batch,), jnp.int32))
 
 
 def _check_cache(config, cache, batch, new):
@@ -547,6 +551,12 @@ def _check_cache(config, cache, batch, new):
             f"cache holds {len(cache.k)} layers of shapes {sorted(shapes)}, which do not fit "
             f"this config and a batch of {batch}; create it with init_cache(config, {batch}, "
             "max_len)"
+        )
+    dtypes = {jnp.dtype(a.dtype) for a in (*cache.k, *cache.v)}
+    if dtypes != {jnp.dtype(config.dtype)}:
+        raise ValueError(
+            f"cache holds {sorted(map(str, dtypes))} keys/values but config.dtype is "
+            f"{config.dtype!r}; create it with init_cache(config, {batch}, max_len)"
         )
     if new > S:
         raise ValueError(
@@ -588,21 +598,26 @@ def prefill(config: TransformerConfig, params: dict, inputs, cache: KVCache):
     lengths_B = cache.lengths
     positions_BxL = lengths_B[:, None] + jnp.arange(L, dtype=jnp.int32)[None]
     x_BxLxD = heads.embed(config, params, inputs, positions_BxL)
-    # query at position p sees cache rows 0..p
-    mask_Bx1xLxS = (jnp.arange(S)[None, None, :] <= positions_BxL[:, :, None])[:, None]
-    write = jax.vmap(
-        lambda c_KxSxE, new_KxLxE, s: lax.dynamic_update_slice(c_KxSxE, new_KxLxE, (0, s, 0))
-    )
+    b_Bx1 = jnp.arange(B)[:, None]
+
+    def write(c_BxKxSxE, new_BxLxKxE):
+        # row lengths[b] + t; rows past S are dropped (under jit, when a sequence overflows;
+        # its outputs are NaN) instead of clamping the block back onto valid rows
+        return c_BxKxSxE.at[b_Bx1, :, positions_BxL].set(
+            new_BxLxKxE.astype(c_BxKxSxE.dtype), mode="drop"
+        )
 
     def attend_with(k_BxKxSxE, v_BxKxSxE):
         def attend(q_BxLxHxE, k_BxLxKxE, v_BxLxKxE):
-            k_cache = write(k_BxKxSxE, jnp.swapaxes(k_BxLxKxE, 1, 2), lengths_B)
-            v_cache = write(v_BxKxSxE, jnp.swapaxes(v_BxLxKxE, 1, 2), lengths_B)
-            o = jax.nn.dot_product_attention(
-                q_BxLxHxE,
-                jnp.swapaxes(k_cache, 1, 2),
-                jnp.swapaxes(v_cache, 1, 2),
-                mask=mask_Bx1xLxS,
+            k_cache, v_cache = write(k_BxKxSxE, k_BxLxKxE), write(v_BxKxSxE, v_BxLxKxE)
+            # query at position p sees cache rows 0..p; rows past the block (stale or NaN
+            # garbage) are masked in the scores and the values
+            o = prefill_attention(
+                q_BxLxHxE.astype(config.dtype),
+                k_cache,
+                v_cache,
+                lengths_B,
+                implementation=config.implementation,
             )
             return o, (k_cache, v_cache)
 
@@ -629,11 +644,11 @@ def decode_step(config: TransformerConfig, params: dict, input_B, cache: KVCache
                 k_BxKxSxE, v_BxKxSxE, k_Bx1xKxE[:, 0], v_Bx1xKxE[:, 0], lengths_B
             )
             o_BxHxE = decode_attention(
-                q_Bx1xHxE[:, 0],
+                q_Bx1xHxE[:, 0].astype(config.dtype),
                 k_cache,
                 v_cache,
                 lengths_B + 1,
-                implementation=config.implementation,
+                implementation=_kernel_implementation(config),
                 interpret=config.interpret,
             )
             return o_BxHxE[:, None], (k_cache, v_cache)
