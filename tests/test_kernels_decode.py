@@ -5,6 +5,7 @@ ratios, NaN beyond the lengths, outputs and gradients.
 """
 
 import functools
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -18,14 +19,15 @@ TOL = {jnp.float32: 1e-5, jnp.bfloat16: 3e-2}
 BLOCK = 8  # small blocks keep interpret mode cheap; the dispatcher picks hardware sizes
 
 
-def _inputs(key, B, H, K, S, E, dtype, lengths):
-    k = jax.random.split(key, 3)
-    q = jax.random.normal(k[0], (B, H, E)).astype(dtype)
-    kc = jax.random.normal(k[1], (B, K, S, E)).astype(dtype)
-    vc = jax.random.normal(k[2], (B, K, S, E)).astype(dtype)
-    lengths = jnp.asarray(lengths, jnp.int32)
-    beyond = jnp.arange(S)[None, None, :, None] >= lengths[:, None, None, None]
-    return q, jnp.where(beyond, jnp.nan, kc), jnp.where(beyond, jnp.nan, vc), lengths
+def _inputs(seed, B, H, K, S, E, dtype, lengths):
+    # NumPy's generator: on CPU each eager `jax.random.normal` shape compiles a program.
+    rng = np.random.default_rng(seed)
+    q = rng.standard_normal((B, H, E), dtype=np.float32)
+    kc, vc = rng.standard_normal((2, B, K, S, E), dtype=np.float32)
+    lengths = np.asarray(lengths, np.int32)
+    beyond = np.arange(S)[None, None, :, None] >= lengths[:, None, None, None]
+    kc, vc = np.where(beyond, np.nan, kc), np.where(beyond, np.nan, vc)
+    return (*(jnp.asarray(a.astype(dtype)) for a in (q, kc, vc)), jnp.asarray(lengths))
 
 
 def _rel_err(got, want):
@@ -34,6 +36,10 @@ def _rel_err(got, want):
 
 
 FAST_COMPILE = {"xla_backend_optimization_level": 0}  # see tests/test_kernels_scan.py
+SLOW = pytest.mark.slow
+_DTYPES = {"f32": jnp.float32, "bf16": jnp.bfloat16}
+# The default run: each GQA ratio once, bfloat16 once, gradients once.
+_DECODE_DEFAULT = {(2, "f32", False), (6, "f32", True), (8, "f32", False), (6, "bf16", False)}
 
 
 class TestDecodeKernel:
@@ -51,15 +57,15 @@ class TestDecodeKernel:
         block = 16 if target == "gpu" else BLOCK
         # Ragged lengths: 1, block−1, block, block+1, several splits, the full cache S.
         S = 5 * block + (0 if target == "gpu" else 3)  # GPU blocks tile S; TPU may overhang
-        lengths = [1, block - 1, block, block + 1, 3 * block + 2, S]
-        q, kc, vc, lens = _inputs(jax.random.key(seed), len(lengths), H, K, S, E, dtype, lengths)
+        lengths = [1, block - 1, block, block + 1, 3 * block + 5, S]
+        q, kc, vc, lens = _inputs(seed, len(lengths), H, K, S, E, dtype, lengths)
         q = q.astype(q_dtype or dtype)
         blocks = api.DecodeBlocks(block, blocks_per_split)
         kernel = lambda q, k, v: api._decode_pallas(
             q, k, v, lens, 0.25, blocks, self.INTERPRET, target
         )
         ref = lambda q, k, v: reference.decode_attention_reference(q, k, v, lens, scale=0.25)
-        g = jax.random.normal(jax.random.key(seed + 1), q.shape, jnp.float32)
+        g = jnp.asarray(np.random.default_rng(seed + 1).standard_normal(q.shape, np.float32))
 
         def both(q, kc, vc, g):
             out = []
@@ -76,24 +82,23 @@ class TestDecodeKernel:
             a = jnp.nan_to_num(a.astype(jnp.float32), nan=1e9)  # a NaN would fail the bound
             assert _rel_err(a, b) <= TOL[dtype], (name, _rel_err(a, b))
 
-    # GQA ratios 1, 3, 8 (query heads per KV head); the backward (a recomputation through the
-    # reference) once by default, everywhere under -m slow.
+    # GQA ratios 1, 3, 8 (query heads per KV head) in float32 and bfloat16, outputs and
+    # gradients (the backward recomputes through the reference): a subset by default, the
+    # whole grid under -m slow.
     @pytest.mark.parametrize(
-        "H, K, grads",
+        "H, K, dtype, grads",
         [
-            (2, 2, False),
-            (6, 2, True),
-            (8, 1, False),
-            pytest.param(2, 2, True, marks=pytest.mark.slow),
-            pytest.param(8, 1, True, marks=pytest.mark.slow),
+            pytest.param(H, K, d, g, marks=() if (H, d, g) in _DECODE_DEFAULT else SLOW)
+            for (H, K), d, g in itertools.product(
+                [(2, 2), (6, 2), (8, 1)], ["f32", "bf16"], [False, True]
+            )
         ],
     )
-    def test_fp32(self, H, K, grads):
-        self._assert_matches(H, K, jnp.float32, grads=grads)
+    def test_gqa(self, H, K, dtype, grads):
+        self._assert_matches(H, K, _DTYPES[dtype], grads=grads)
 
-    def test_bf16_cache(self):
-        """A bfloat16 cache with bfloat16 queries, and with float32 queries."""
-        self._assert_matches(6, 2, jnp.bfloat16, blocks_per_split=3, grads=False)
+    def test_bf16_cache_f32_queries(self):
+        """A bfloat16 cache with float32 queries."""
         self._assert_matches(6, 2, jnp.bfloat16, blocks_per_split=3, q_dtype=jnp.float32)
 
     @pytest.mark.slow
@@ -106,7 +111,7 @@ class TestDecodeKernel:
 
     def test_dispatcher_and_zero_length(self):
         """Through `decode_attention` with the dispatcher's block sizes; length 0 gives zeros."""
-        q, kc, vc, lens = _inputs(jax.random.key(3), 3, 4, 2, 80, 16, jnp.float32, [0, 5, 77])
+        q, kc, vc, lens = _inputs(3, 3, 4, 2, 80, 16, jnp.float32, [0, 5, 77])
         o = decode_attention(q, kc, vc, lens, implementation="pallas", interpret=self.INTERPRET)
         o_ref = decode_attention(q, kc, vc, lens, implementation="xla")
         assert float(jnp.abs(o[0]).max()) == 0.0
@@ -123,25 +128,33 @@ class TestDecodeKernelInterpretGpuForm(TestDecodeKernel):
 
     INTERPRET = True
     TARGET = "gpu"
-    test_fp32 = None
     test_dispatcher_and_zero_length = None
 
-    @pytest.mark.parametrize("H, K", [(6, 2), pytest.param(32, 2, marks=pytest.mark.slow)])
-    def test_gpu_form(self, H, K):
-        self._assert_matches(H, K, jnp.float32, blocks_per_split=3)
+    # The default run takes one case (GQA 3, gradients); -m slow the grid, and a matmul form.
+    @pytest.mark.parametrize(
+        "H, K, dtype, grads",
+        [
+            pytest.param(H, K, d, g, marks=() if (H, d, g) == (6, "f32", True) else SLOW)
+            for (H, K), d, g in itertools.product(
+                [(2, 2), (6, 2), (8, 1), (32, 2)], ["f32", "bf16"], [False, True]
+            )
+        ],
+    )
+    def test_gqa(self, H, K, dtype, grads):
+        self._assert_matches(H, K, _DTYPES[dtype], blocks_per_split=3, grads=grads)
 
-    @pytest.mark.slow
-    def test_bf16_cache(self):
-        super().test_bf16_cache()
+    @SLOW
+    def test_bf16_cache_f32_queries(self):
+        super().test_bf16_cache_f32_queries()
 
 
 def test_append_then_decode_equals_full_attention():
     """Growing the cache token by token (donated) and decoding equals causal attention."""
     B, H, K, S, E, T = 2, 4, 2, 12, 8, 7
-    k = jax.random.split(jax.random.key(9), 3)
-    q_BxTxHxE = jax.random.normal(k[0], (B, T, H, E))
-    k_BxTxKxE = jax.random.normal(k[1], (B, T, K, E))
-    v_BxTxKxE = jax.random.normal(k[2], (B, T, K, E))
+    rng = np.random.default_rng(9)
+    q_BxTxHxE = jnp.asarray(rng.standard_normal((B, T, H, E), np.float32))
+    k_BxTxKxE = jnp.asarray(rng.standard_normal((B, T, K, E), np.float32))
+    v_BxTxKxE = jnp.asarray(rng.standard_normal((B, T, K, E), np.float32))
 
     @functools.partial(jax.jit, donate_argnums=(0, 1))
     def step(kc, vc, lengths, q, kk, vv):

@@ -25,36 +25,46 @@ SLOW = pytest.mark.slow
 CHUNK = 8  # TPU-form chunk in interpret mode (small: cheap); the GPU form needs >= 16
 
 
-def _ssd_inputs(key, B, L, H, P, G, N, dtype):
-    k = jax.random.split(key, 6)
+# Inputs come from NumPy's generator: on CPU every eager `jax.random.normal` of a new shape
+# compiles its own program (seconds each under load), and these tests make many shapes.
+def _normal(rng, shape, dtype=jnp.float32):
+    return jnp.asarray(rng.standard_normal(shape, dtype=np.float32).astype(dtype))
+
+
+def _step(rng, shape, dtype):  # 0.5 · softplus(normal)
+    return jnp.asarray((0.5 * np.logaddexp(0.0, rng.standard_normal(shape))).astype(dtype))
+
+
+def _ssd_inputs(seed, B, L, H, P, G, N, dtype):
+    rng = np.random.default_rng(seed)
     return (
-        jax.random.normal(k[0], (B, L, H, P)).astype(dtype),
-        (0.5 * jax.nn.softplus(jax.random.normal(k[1], (B, L, H)))).astype(dtype),
-        -jnp.exp(0.5 * jax.random.normal(k[2], (H,))),
-        jax.random.normal(k[3], (B, L, G, N)).astype(dtype),
-        jax.random.normal(k[4], (B, L, G, N)).astype(dtype),
-        jax.random.normal(k[5], (B, H, P, N)),
+        _normal(rng, (B, L, H, P), dtype),
+        _step(rng, (B, L, H), dtype),
+        jnp.asarray(-np.exp(0.5 * rng.standard_normal(H)).astype(np.float32)),
+        _normal(rng, (B, L, G, N), dtype),
+        _normal(rng, (B, L, G, N), dtype),
+        _normal(rng, (B, H, P, N)),
     )
 
 
-def _selective_inputs(key, B, L, D, N, dtype):
-    k = jax.random.split(key, 6)
+def _selective_inputs(seed, B, L, D, N, dtype):
+    rng = np.random.default_rng(seed)
     return (
-        jax.random.normal(k[0], (B, L, D)).astype(dtype),
-        (0.5 * jax.nn.softplus(jax.random.normal(k[1], (B, L, D)))).astype(dtype),
-        -jnp.exp(0.5 * jax.random.normal(k[2], (D, N))),
-        jax.random.normal(k[3], (B, L, N)).astype(dtype),
-        jax.random.normal(k[4], (B, L, N)).astype(dtype),
-        jax.random.normal(k[5], (B, D, N)),
+        _normal(rng, (B, L, D), dtype),
+        _step(rng, (B, L, D), dtype),
+        jnp.asarray(-np.exp(0.5 * rng.standard_normal((D, N))).astype(np.float32)),
+        _normal(rng, (B, L, N), dtype),
+        _normal(rng, (B, L, N), dtype),
+        _normal(rng, (B, D, N)),
     )
 
 
-def _value_and_grads(fn, args, key):
+def _value_and_grads(fn, args, seed):
     """(y, h) and the gradients of <y, gy> + <h, gh> for fixed random cotangents."""
     y, h = fn(*args)
-    k1, k2 = jax.random.split(key)
-    gy = jax.random.normal(k1, y.shape, jnp.float32)
-    gh = jax.random.normal(k2, h.shape, jnp.float32)
+    rng = np.random.default_rng(seed)
+    gy = rng.standard_normal(y.shape, dtype=np.float32)
+    gh = rng.standard_normal(h.shape, dtype=np.float32)
 
     def loss(*a):
         y, h = fn(*a)
@@ -68,13 +78,13 @@ def _value_and_grads(fn, args, key):
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
 
-def _both(kernel, oracle, args, key):
+def _both(kernel, oracle, args, seed):
     """Values and gradients of the kernel and of the oracle, in one compilation."""
-    both = lambda args, key: (
-        _value_and_grads(kernel, args, key),
-        _value_and_grads(oracle, args, key),
+    both = lambda args: (
+        _value_and_grads(kernel, args, seed),
+        _value_and_grads(oracle, args, seed),
     )
-    return jax.jit(both).trace(args, key).lower().compile(FAST_COMPILE)(args, key)
+    return jax.jit(both).trace(args).lower().compile(FAST_COMPILE)(args)
 
 
 def _assert_close(got, want, tol, what):
@@ -125,20 +135,20 @@ class TestScanKernel:
         return 16 if self._target() == "gpu" else CHUNK
 
     def _check_ssd(self, B, L, H, P, G, N, dtype, blocks=None, seed=0):
-        args = _ssd_inputs(jax.random.key(seed), B, L, H, P, G, N, dtype)
+        args = _ssd_inputs(seed, B, L, H, P, G, N, dtype)
         target, interpret = self._target(), self.INTERPRET
         blocks = blocks or pallas.SSDBlocks.default(B, L, H, P, G, N, self._chunk(), target)
         kernel = lambda *a: api._ssd_pallas(*a, blocks, target, interpret)
-        got, want = _both(kernel, _ssd_oracle, args, jax.random.key(seed + 1))
+        got, want = _both(kernel, _ssd_oracle, args, seed + 1)
         _assert_close(got[0], want[0], TOL[dtype], f"ssd outputs {blocks}")
         _assert_close(got[1], want[1], TOL[dtype], f"ssd gradients {blocks}")
 
     def _check_selective(self, B, L, D, N, dtype, blocks=None, seed=0):
-        args = _selective_inputs(jax.random.key(seed), B, L, D, N, dtype)
+        args = _selective_inputs(seed, B, L, D, N, dtype)
         target, interpret = self._target(), self.INTERPRET
         blocks = blocks or pallas.SelectiveBlocks.default(B, L, D, N, target, dtype)
         kernel = lambda *a: api._selective_pallas(*a, blocks, target, interpret)
-        got, want = _both(kernel, _selective_oracle, args, jax.random.key(seed + 1))
+        got, want = _both(kernel, _selective_oracle, args, seed + 1)
         _assert_close(got[0], want[0], TOL[dtype], f"selective outputs {blocks}")
         _assert_close(got[1], want[1], TOL[dtype], f"selective gradients {blocks}")
 
@@ -195,7 +205,7 @@ class TestScanKernel:
         self._check_selective(B=1, L=L, D=64, N=1, dtype=jnp.float32, blocks=blocks)
 
     def test_dispatcher_pallas_matches_xla(self):
-        x, dt, A, Bm, Cm, h0 = _ssd_inputs(jax.random.key(7), 1, 5, 2, 3, 1, 4, jnp.float32)
+        x, dt, A, Bm, Cm, h0 = _ssd_inputs(7, 1, 5, 2, 3, 1, 4, jnp.float32)
         kw = dict(chunk_size=CHUNK, h0_BxHxPxN=h0)
         got = api.ssd(x, dt, A, Bm, Cm, implementation="pallas", interpret=self.INTERPRET, **kw)
         want = api.ssd(x, dt, A, Bm, Cm, implementation="xla", **kw)
@@ -244,31 +254,40 @@ class TestScanKernelInterpretGpuForm(TestScanKernel):
 )
 def test_xla_chunk_boundary_backward(forward, L):
     """Both scans' XLA forms (chunk-boundary backward) against the oracle's jax.grad."""
-    args = _ssd_inputs(jax.random.key(11), 1, L, 6, 3, 2, 5, jnp.float32)
-    got, want = _both(lambda *a: xla.ssd(*a, 8, forward), _ssd_oracle, args, jax.random.key(12))
+    args = _ssd_inputs(11, 1, L, 6, 3, 2, 5, jnp.float32)
+    got, want = _both(lambda *a: xla.ssd(*a, 8, forward), _ssd_oracle, args, 12)
     _assert_close(got, want, 1e-5, f"ssd xla {forward}")
-    args = _selective_inputs(jax.random.key(13), 2, L, 5, 3, jnp.float32)
+    args = _selective_inputs(13, 2, L, 5, 3, jnp.float32)
     fn = lambda *a: xla.selective_scan(*a, 8, forward)
-    got, want = _both(fn, _selective_oracle, args, jax.random.key(14))
+    got, want = _both(fn, _selective_oracle, args, 14)
     _assert_close(got, want, 1e-5, f"selective xla {forward}")
 
 
-def test_xla_backward_keeps_only_chunk_start_states():
+@pytest.mark.parametrize("kernel", ["ssd", "selective_scan"])
+def test_xla_backward_keeps_only_chunk_start_states(kernel):
     """The residuals of the XLA backward: the inputs and one state per chunk, no B·L·state."""
-    B, L, H, P, G, N, T = 1, 64, 2, 4, 1, 8, 16
-    shapes = [(B, L, H, P), (B, L, H), (H,), (B, L, G, N), (B, L, G, N), (B, H, P, N)]
+    B, L, T = 1, 64, 16
+    if kernel == "ssd":
+        H, P, G, N = 2, 4, 1, 8
+        shapes = [(B, L, H, P), (B, L, H), (H,), (B, L, G, N), (B, L, G, N), (B, H, P, N)]
+        fwd, state = xla._ssd_fwd, (B, H, P, N)
+    else:
+        D, N = 6, 8
+        shapes = [(B, L, D), (B, L, D), (D, N), (B, L, N), (B, L, N), (B, D, N)]
+        fwd, state = xla._selective_fwd, (B, D, N)
     args = [jax.ShapeDtypeStruct(s, jnp.float32) for s in shapes]
-    _, residuals = jax.eval_shape(lambda *a: xla._ssd_fwd(*a, T, "sequential"), *args)
-    states = residuals[-1]
-    assert states.shape == (L // T, B, H, P, N)
-    inputs = sum(a.size for a in args)
-    assert sum(r.size for r in residuals) == inputs + states.size
+    for forward in ("sequential", "chunked"):
+        _, residuals = jax.eval_shape(lambda *a, f=forward: fwd(*a, T, f), *args)
+        states = residuals[-1]
+        assert states.shape == (L // T, *state)
+        inputs = sum(a.size for a in args)
+        assert sum(r.size for r in residuals) == inputs + states.size
 
 
 def test_auto_falls_back_once_for_unsupported_dtype(caplog, monkeypatch):
     monkeypatch.setattr(_dispatch, "platform", lambda: "tpu")
     _dispatch._warn_once.cache_clear()
-    x, dt, A, Bm, Cm, _ = _ssd_inputs(jax.random.key(3), 1, 4, 2, 2, 1, 3, jnp.float16)
+    x, dt, A, Bm, Cm, _ = _ssd_inputs(3, 1, 4, 2, 2, 1, 3, jnp.float16)
     with caplog.at_level("WARNING", logger="kernels"):
         for _ in range(2):
             y, _ = api.ssd(x, dt, A, Bm, Cm, chunk_size=CHUNK)
