@@ -11,6 +11,7 @@ import pytest
 from jax import lax
 
 from kernels.attention import api as attention_api
+from kernels.scan import api as scan_api
 from l2m_jax import models
 from l2m_jax.models import heads, ssm
 
@@ -413,16 +414,17 @@ def test_gaussian_head_std_floor_and_initial_std():
 
 
 # ----------------------------------------------------------------------------- O(L) paths
-# The new paths (blockwise attention, fused token head) against the old ones (the quadratic
-# reference attention, log-softmax of the full logits), outputs and parameter gradients.
-# Attention blocks and loss chunks of 8 positions (batch B = 2).
+# The new paths (blockwise attention, the scans' chunk-boundary backward, fused token head)
+# against the old ones (the quadratic reference attention, the sequential scans with full
+# residuals, log-softmax of the full logits), outputs and parameter gradients. Attention
+# blocks, selective-scan chunks and loss chunks of 8 positions, SSD chunks of 32 (batch B = 2).
 NEW_OLD_BLOCK = 8
 
 
 def _new_and_old(config, params, tokens_BxL1, bf16_too):
     inputs, targets = tokens_BxL1[:, :-1], tokens_BxL1[:, 1:]
     weights = jnp.linspace(0.5, 1.5, targets.size).reshape(targets.shape)  # not a plain mean
-    old_config = config  # SSMs: the same scan, the full logits
+    old_config = config
     if isinstance(config, models.TransformerConfig):
         old_config = dataclasses.replace(config, implementation="reference")
 
@@ -435,11 +437,19 @@ def _new_and_old(config, params, tokens_BxL1, bf16_too):
         logp = jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], -1)[..., 0]
         return jnp.sum(logp * weights), logp
 
-    grad = lambda f: jax.grad(f, has_aux=True)(params)
+    def grad(f, params, new_form=True):  # traced here: the kernels' forms are chosen at trace time
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(attention_api, "CPU_BLOCK", NEW_OLD_BLOCK)
+            if new_form:  # the chunk-boundary backward at any size (CPU: lax.scan's below 2^20)
+                mp.setattr(scan_api, "_CPU_AUTODIFF_MAX", 0)
+                mp.setattr(scan_api, "_CPU_SELECTIVE_CHUNK", NEW_OLD_BLOCK)
+            else:  # the sequential reference scans, differentiated with all their residuals
+                mp.setattr(scan_api, "_CPU_AUTODIFF_MAX", float("inf"))
+            return jax.grad(f, has_aux=True)(params)
+
     bf16 = functools.partial(new, config=dataclasses.replace(config, dtype="bfloat16"))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(attention_api, "CPU_BLOCK", NEW_OLD_BLOCK)
-        return jax.jit(lambda p: (grad(new), grad(old), grad(bf16) if bf16_too else None))(params)
+    both = lambda p: (grad(new, p), grad(old, p, False), grad(bf16, p) if bf16_too else None)
+    return jax.jit(both)(params)
 
 
 def _assert_new_equals_old(config, L, bf16_too=False):
@@ -468,9 +478,8 @@ def _leaf(tree, path):
 
 
 def test_new_paths_equal_the_old_at_a_ragged_length():
-    # llama (GQA, rotary): 21 positions = 2 blocks (attention) or chunks (loss) + 5. The
-    # SSMs differ from the old form only in the head, checked alone below; every architecture
-    # at every length (and bf16) runs under -m slow.
+    # llama (GQA, rotary): 21 positions = 2 blocks (attention) or chunks (loss) + 5. Every
+    # architecture at every length, the scans' chunk-boundary backward and bf16: -m slow.
     _assert_new_equals_old(CONFIGS["llama"], 21)
 
 
