@@ -18,7 +18,9 @@ max_positions=L)`, `models.init`, `models.token_logprob_fn` / `models.apply`):
   new  the O(L) attention (`kernels.attention`) and the fused token head
        (`models.token_logprob_fn`, no [B, L, V] array).
 The scans are whatever `kernels.scan` gives in both forms. Gaussian-head models (PAPER.md §6,
-64 channels) train on the Gaussian NLL of the next vector here (the exact KL adds elementwise
+64 channels): the small presets (gauss-*) and the paper's (paper-*, as `l2m sweep --preset
+paper` builds them: GPT-2 124M, Mamba-130m/370m, Mamba2-130m with the Gaussian MLP embedding
+and head); they train on the Gaussian NLL of the next vector here (the exact KL adds elementwise
 [B, L, C] terms given the exact conditionals).
 
 Predictions at the paper's batch sizes (Gaussian: 4 sequences; PG19 token models: 16 384 tokens
@@ -43,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from l2m_jax import models
+from l2m_jax.experiments import sweep
 from l2m_jax.experiments._common import print_table, pyplot, save_figure, write_json
 from l2m_jax.train import losses
 
@@ -57,6 +60,10 @@ GAUSS_MODELS = (
     "gauss-mamba-z2048",
     "gauss-mamba2",
 )
+# The paper's Gaussian-head models (`l2m sweep --preset paper`): GPT-2 124M, Mamba-130m/370m and
+# Mamba2-130m with the Gaussian MLP embedding and head.
+PAPER_GAUSS = {f"paper-{spec.label}": spec for spec in sweep.PRESETS["paper"].models}
+GAUSS_MODELS += tuple(PAPER_GAUSS)
 FORMS = ("old", "new")
 CHANNELS = 64  # the paper's Gaussian data: 64 independent channels per position
 DEVICES = {"H200 (141 GB)": 141e9, "TPU v5p (95 GB)": 95e9}
@@ -80,8 +87,13 @@ THROUGHPUT_CASES = (
 
 def model_config(name: str, L: int, form: str, *, remat: bool = True):
     """The preset at length L (learned positions sized to L), old or new form."""
-    overrides = {"channels": CHANNELS} if name.startswith("gauss-") else {}
-    config = dataclasses.replace(models.preset(name, **overrides), remat=remat, max_positions=L)
+    if name in PAPER_GAUSS:
+        spec = PAPER_GAUSS[name]
+        base = models.preset(spec.preset, **dict(spec.overrides), channels=CHANNELS)
+    else:
+        overrides = {"channels": CHANNELS} if name.startswith("gauss-") else {}
+        base = models.preset(name, **overrides)
+    config = dataclasses.replace(base, remat=remat, max_positions=L)
     if form == "old" and isinstance(config, models.TransformerConfig):
         config = dataclasses.replace(config, implementation="reference")
     return config
@@ -154,7 +166,7 @@ def predict(row: dict) -> dict:
     param_bytes = 4 * row["params"]
     batch = (
         GAUSS_BATCH
-        if row["model"].startswith("gauss-")
+        if row["model"] in GAUSS_MODELS
         else max(1, PG19_TOKENS_PER_BATCH // row["seq_len"])
     )
     per_sequence = row["total_bytes"] - 2 * param_bytes
@@ -368,9 +380,13 @@ def main(argv=None) -> None:
     for form in forms:
         if form not in FORMS:
             raise SystemExit(f"--forms: {form!r} is not one of {FORMS}")
+    names = _csv(args.models)
+    for name in names:  # unknown names fail before any compile
+        if name not in PAPER_GAUSS and name not in models.PRESETS:
+            known = ", ".join([*models.PRESETS, *PAPER_GAUSS])
+            raise SystemExit(f"--models: unknown model {name!r}; choose from: {known}")
     rows = []
-    for name in _csv(args.models):
-        models.preset(name)  # unknown names fail before any compile
+    for name in names:
         for L in lengths:
             for form in forms:
                 row = step_memory(name, L, form)
