@@ -9,8 +9,10 @@
   out, cache = prefill(config, params, inputs, cache)
   out, cache = decode_step(config, params, input_B, cache)   # [B] tokens or [B, C] vectors
 
-Configs: `TransformerConfig` (GPT-2 and Llama styles), `MambaConfig` (Mamba-1),
+Configs: `TransformerConfig` (GPT-2, Llama and GPT-NeoX styles), `MambaConfig` (Mamba-1),
 `Mamba2Config` (Mamba-2 / SSD). Named sizes: `preset(name, **overrides)`, `PRESETS`.
+Pretrained models: `pretrained.load` (GGUF files, Hugging Face folders through `hf`); models
+written in Flax: `flax_adapter.from_nnx` / `from_linen`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from l2m_jax.models import gguf, heads, pretrained
+from l2m_jax.models import flax_adapter, gguf, heads, hf, pretrained
 from l2m_jax.models import ssm as _ssm
 from l2m_jax.models import transformer as _transformer
 from l2m_jax.models.gguf import load_llama_gguf
@@ -27,7 +29,7 @@ from l2m_jax.models.presets import NOMINAL_PARAMS, PRESETS, preset
 from l2m_jax.models.pretrained import PretrainedModel
 from l2m_jax.models.ssm import Mamba2Config, MambaConfig, SSMCache
 from l2m_jax.models.state import StateSize, history_state_size
-from l2m_jax.models.transformer import KVCache, TransformerConfig
+from l2m_jax.models.transformer import KVCache, RopeScaling, TransformerConfig
 
 __all__ = [
     "NOMINAL_PARAMS",
@@ -38,12 +40,16 @@ __all__ = [
     "Mamba2Config",
     "MambaConfig",
     "PretrainedModel",
+    "RopeScaling",
     "SSMCache",
     "StateSize",
     "TransformerConfig",
     "apply",
+    "causal_logprob_fn",
     "decode_step",
+    "flax_adapter",
     "gguf",
+    "hf",
     "hidden_states",
     "history_state_size",
     "init",
@@ -132,5 +138,24 @@ def token_logprob_fn(config):
         bos_Bx1 = jnp.full((tokens_BxT.shape[0], 1), config.bos_id, jnp.int32)
         inputs_BxT = jnp.concatenate([bos_Bx1, tokens_BxT[:, :-1]], axis=1)
         return token_logprobs(config, params, inputs_BxT, tokens_BxT)
+
+    return logprob_fn
+
+
+def causal_logprob_fn(apply_fn, bos_id: int):
+    """The estimators' `logprob_fn(params, tokens_BxT)` for a causal LM written elsewhere
+    (`apply_fn(params, inputs_BxT int32) -> logits_BxTxV`, e.g. a Flax module through
+    `flax_adapter`): entry t is log q(tokens[t] | bos_id, tokens[:t]), from one pass over
+    [bos_id, tokens[:-1]]. Our own models use `token_logprob_fn(config)`."""
+
+    def logprob_fn(params, tokens_BxT):
+        if tokens_BxT.ndim != 2:
+            raise ValueError(f"tokens_BxT must be [B, T], got shape {tuple(tokens_BxT.shape)}")
+        tokens_BxT = tokens_BxT.astype(jnp.int32)
+        bos_Bx1 = jnp.full((tokens_BxT.shape[0], 1), bos_id, jnp.int32)
+        inputs_BxT = jnp.concatenate([bos_Bx1, tokens_BxT[:, :-1]], axis=1)
+        logits_BxTxV = apply_fn(params, inputs_BxT).astype(jnp.float32)
+        picked_BxT = jnp.take_along_axis(logits_BxTxV, tokens_BxT[..., None], axis=-1)[..., 0]
+        return picked_BxT - jax.nn.logsumexp(logits_BxTxV, axis=-1)
 
     return logprob_fn
