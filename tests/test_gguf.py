@@ -168,11 +168,11 @@ def test_unpermuted_qk_give_the_rotary_attention_scores_of_llama_cpp(tiny):
     k = _rope_interleaved((x_LxD @ tensors["blk.0.attn_k.weight"].T).reshape(12, K, E), 1e4)
     want_HxLxL = np.einsum("lhe,mhe->hlm", q, np.repeat(k, H // K, axis=1))
     # ours: [in, out] params after un-permutation, the transformer's half-split RoPE
-    from l2m_jax.models.transformer import _rope
+    from l2m_jax.models.transformer import _rope, rope_frequencies
 
-    pos_1xL = jnp.arange(12)[None]
-    q2 = _rope((x_LxD @ params["layers"]["attn"]["wq"][0]).reshape(1, 12, H, E), pos_1xL, 1e4)
-    k2 = _rope((x_LxD @ params["layers"]["attn"]["wk"][0]).reshape(1, 12, K, E), pos_1xL, 1e4)
+    pos_1xL, freq = jnp.arange(12)[None], rope_frequencies(config)
+    q2 = _rope((x_LxD @ params["layers"]["attn"]["wq"][0]).reshape(1, 12, H, E), pos_1xL, freq)
+    k2 = _rope((x_LxD @ params["layers"]["attn"]["wk"][0]).reshape(1, 12, K, E), pos_1xL, freq)
     got_HxLxL = jnp.einsum("lhe,mhe->hlm", q2[0], jnp.repeat(k2[0], H // K, axis=1))
     scale = np.abs(want_HxLxL).max()
     np.testing.assert_allclose(np.asarray(got_HxLxL), want_HxLxL, atol=2e-5 * scale, rtol=0)

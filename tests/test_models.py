@@ -2,6 +2,7 @@
 reference, exact causality, preset sizes, and clear errors for bad configs and inputs."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -9,8 +10,10 @@ import numpy as np
 import pytest
 from jax import lax
 
+from kernels.attention import api as attention_api
+from kernels.scan import api as scan_api
 from l2m_jax import models
-from l2m_jax.models import heads, ssm, transformer
+from l2m_jax.models import heads, ssm
 
 # Small models of every architecture. Mamba-2 uses chunks of 4 so that every length below
 # crosses chunk boundaries (prefill 6 = 4 + 2, then 7 decoded steps).
@@ -32,6 +35,7 @@ def _gaussian(config):
     return dataclasses.replace(config, head="gaussian", channels=3, max_positions=32)
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1))  # one compile, not one per random draw
 def _params(config, seed=0):
     params = models.init(config, jax.random.key(seed))
     if config.head == "tokens":  # O(1) logits, so 1e-5 is a tight tolerance
@@ -67,10 +71,10 @@ def forward(request):
         out = jnp.concatenate([pred.mean, pred.std], axis=-1)  # [B, L, 2C]
         return out, pred
 
-    # causal attention by query blocks of 4 (4 + 4 + 4 + 1 for L = 13), so block boundaries
-    # are crossed here as they are at 256 for long sequences
+    # blockwise causal attention in blocks of 4 (4 + 4 + 4 + 1 for L = 13), so block
+    # boundaries are crossed here as they are at 128 for long sequences
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(transformer, "ATTENTION_BLOCK", 4)
+        mp.setattr(attention_api, "CPU_BLOCK", 4)
         jac, full = jax.jit(jax.jacrev(flat, has_aux=True))(inputs)  # one compile gives both
     return config, params, inputs, full, np.asarray(jac)  # jac [B, L, 2C, B, L, C]
 
@@ -407,3 +411,174 @@ def test_gaussian_head_std_floor_and_initial_std():
     np.testing.assert_allclose(heads.output(config, params, x).std, 1.0, atol=0.1)
     params["head"]["b2"] = params["head"]["b2"].at[config.channels :].set(-1e4)
     np.testing.assert_allclose(heads.output(config, params, x).std, models.STD_FLOOR, rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- O(L) paths
+# The new paths (blockwise attention, the scans' chunk-boundary backward, fused token head)
+# against the old ones (the quadratic reference attention, the sequential scans with full
+# residuals, log-softmax of the full logits), outputs and parameter gradients. Attention
+# blocks, selective-scan chunks and loss chunks of 8 positions, SSD chunks of 32 (batch B = 2).
+NEW_OLD_BLOCK = 8
+
+
+def _new_and_old(config, params, tokens_BxL1, bf16_too):
+    inputs, targets = tokens_BxL1[:, :-1], tokens_BxL1[:, 1:]
+    weights = jnp.linspace(0.5, 1.5, targets.size).reshape(targets.shape)  # not a plain mean
+    old_config = config
+    if isinstance(config, models.TransformerConfig):
+        old_config = dataclasses.replace(config, implementation="reference")
+
+    def new(params, config=config):
+        logp = models.token_logprobs(config, params, inputs, targets, chunk_size=NEW_OLD_BLOCK)
+        return jnp.sum(logp * weights), logp
+
+    def old(params):
+        logits = models.apply(old_config, params, inputs)
+        logp = jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], -1)[..., 0]
+        return jnp.sum(logp * weights), logp
+
+    def grad(f, params, new_form=True):  # traced here: the kernels' forms are chosen at trace time
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(attention_api, "CPU_BLOCK", NEW_OLD_BLOCK)
+            if new_form:  # the chunk-boundary backward at any size (CPU: lax.scan's below 2^20)
+                mp.setattr(scan_api, "_CPU_AUTODIFF_MAX", 0)
+                mp.setattr(scan_api, "_CPU_SELECTIVE_CHUNK", NEW_OLD_BLOCK)
+            else:  # the sequential reference scans, differentiated with all their residuals
+                mp.setattr(scan_api, "_CPU_AUTODIFF_MAX", float("inf"))
+            return jax.grad(f, has_aux=True)(params)
+
+    bf16 = functools.partial(new, config=dataclasses.replace(config, dtype="bfloat16"))
+    both = lambda p: (grad(new, p), grad(old, p, False), grad(bf16, p) if bf16_too else None)
+    return jax.jit(both)(params)
+
+
+def _assert_new_equals_old(config, L, bf16_too=False):
+    params = _params(config)
+    tokens = _inputs(config, jax.random.key(L), B, L + 1)
+    (g_new, lp_new), (g_old, lp_old), bf16 = _new_and_old(config, params, tokens, bf16_too)
+    assert lp_new.shape == (B, L) and lp_new.dtype == jnp.float32
+    scale = lambda a: max(1.0, float(jnp.max(jnp.abs(a))))
+    assert float(jnp.max(jnp.abs(lp_new - lp_old))) <= 1e-5 * scale(lp_old)
+    for path, a in jax.tree_util.tree_leaves_with_path(g_new):
+        b = _leaf(g_old, path)
+        assert float(jnp.max(jnp.abs(a - b))) <= 1e-5 * scale(b), jax.tree_util.keystr(path)
+    if bf16_too:  # bf16 activations and operands, f32 statistics: ~1e-2 of the scale
+        g_bf16, lp_bf16 = bf16
+        assert float(jnp.max(jnp.abs(lp_bf16 - lp_old))) <= 3e-2 * scale(lp_old)
+        for path, a in jax.tree_util.tree_leaves_with_path(g_bf16):
+            b = _leaf(g_old, path)
+            assert a.dtype == jnp.float32  # parameters (and their gradients) stay float32
+            assert float(jnp.max(jnp.abs(a - b))) <= 3e-2 * scale(b), jax.tree_util.keystr(path)
+
+
+def _leaf(tree, path):
+    for key in path:
+        tree = tree[key.key if hasattr(key, "key") else key.idx]
+    return tree
+
+
+def test_new_paths_equal_the_old_at_a_ragged_length():
+    # llama (GQA, rotary): 21 positions = 2 blocks (attention) or chunks (loss) + 5. Every
+    # architecture at every length, the scans' chunk-boundary backward and bf16: -m slow.
+    _assert_new_equals_old(CONFIGS["llama"], 21)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("L", [1, NEW_OLD_BLOCK - 1, NEW_OLD_BLOCK, NEW_OLD_BLOCK + 1, 37])
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_new_paths_equal_the_old(name, L):
+    """All four architectures at L = 1, block - 1, block, block + 1 and ragged; bf16 too."""
+    _assert_new_equals_old(dataclasses.replace(CONFIGS[name], max_positions=64), L, True)
+
+
+def test_fused_token_head_equals_the_full_logits():
+    """heads.token_logprobs against log_softmax(heads.output) on hidden states: values and
+    gradients (hidden states, unembedding), tied and untied, float32 (and bf16 tied) for 5
+    (chunk + 1) and 11 (2 chunks + 3) positions in chunks of 4."""
+    tied = CONFIGS["gpt2"]
+    untied = dataclasses.replace(tied, tie_embeddings=False)
+    params = dict(_params(tied))
+    params["head"] = {"unembed": jnp.asarray(np.random.default_rng(3).standard_normal((32, 40)))}
+    rng = np.random.default_rng(4)
+    cases = [
+        (jnp.asarray(rng.standard_normal((1, n, 32)), jnp.float32), jnp.asarray(t, jnp.int32))
+        for n, t in ((5, rng.integers(0, 40, (1, 5))), (11, rng.integers(0, 40, (1, 11))))
+    ]
+
+    def fused(params, x, t, config):
+        return jnp.sum(heads.token_logprobs(config, params, x, t, chunk_size=4) * (t + 1))
+
+    def full(params, x, t, config):
+        logp = jax.nn.log_softmax(heads.output(config, params, x))
+        return jnp.sum(jnp.take_along_axis(logp, t[..., None], -1)[..., 0] * (t + 1))
+
+    @jax.jit
+    def compare(params):
+        grad = lambda f, x, t, c: jax.value_and_grad(f, argnums=(0, 1))(params, x, t, c)
+        bf16 = dataclasses.replace(tied, dtype="bfloat16")
+        return [
+            [
+                (grad(fused, x, t, tied), grad(full, x, t, tied), 1e-5),
+                (grad(fused, x, t, bf16), grad(full, x, t, tied), 3e-2),
+                (grad(fused, x, t, untied), grad(full, x, t, untied), 1e-5),
+            ]
+            for x, t in cases
+        ]
+
+    for case in compare(params):
+        for got, want, tol in case:
+            for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+                assert a.dtype == b.dtype == jnp.float32
+                assert float(jnp.max(jnp.abs(a - b))) <= tol * max(1.0, float(jnp.max(abs(b))))
+
+
+def test_prefill_masks_garbage_and_never_overwrites_valid_rows():
+    config = CONFIGS["llama"]
+    params = _params(config)
+    tokens = _inputs(config, jax.random.key(5), B, S)
+    full = jax.jit(lambda p, x: models.apply(config, p, x))(params, tokens)
+    prefill = jax.jit(lambda p, x, c: models.prefill(config, p, x, c))  # blocks of 4 rows
+    _, cache = prefill(params, tokens[:, :4], models.init_cache(config, B, S))
+    # rows past the valid length hold NaN garbage (e.g. a reused cache): nothing leaks
+    rows = (jnp.arange(S) >= 4)[None, None, :, None]
+    poison = lambda c: jnp.where(rows, jnp.nan, c)
+    cache = cache._replace(k=tuple(map(poison, cache.k)), v=tuple(map(poison, cache.v)))
+    out, cache = prefill(params, tokens[:, 4:8], cache)
+    _assert_close(out, full[:, 4:8])
+    # under jit, a block past the capacity: that sequence gets NaN, its valid rows and the
+    # other sequence are untouched (rows that do not fit are dropped, never clamped back)
+    _, cache = prefill(params, tokens[:, 8:12], cache)
+    cache = cache._replace(lengths=jnp.array([S - 2, 0], jnp.int32))
+    out, after = prefill(params, tokens[:, :4], cache)
+    assert np.all(np.isnan(out[0])) and np.all(np.isfinite(out[1]))
+    _assert_close(out[1], full[1, :4])
+    for before_k, after_k in zip(cache.k, after.k, strict=True):
+        np.testing.assert_array_equal(after_k[0, :, : S - 2], before_k[0, :, : S - 2])
+    np.testing.assert_array_equal(after.lengths, [S + 2, 4])
+    # concrete lengths raise instead
+    with pytest.raises(ValueError, match="cache capacity"):
+        models.prefill(config, params, tokens[:, :4], cache)
+
+
+def test_bfloat16_generation_uses_the_dtype_of_apply():
+    """prefill and decode run in bf16 like apply: bf16 KV cache, same numbers within bf16."""
+    config = dataclasses.replace(CONFIGS["llama"], dtype="bfloat16")
+    params = _params(config)
+    tokens = _inputs(config, jax.random.key(6), B, L0 + 2)
+
+    @jax.jit
+    def generate_and_apply(params, tokens):
+        cache = models.init_cache(config, B, S)
+        out, cache = models.prefill(config, params, tokens[:, :L0], cache)
+        steps = [out]
+        for t in range(L0, L0 + 2):
+            logits, cache = models.decode_step(config, params, tokens[:, t], cache)
+            steps.append(logits[:, None])
+        return jnp.concatenate(steps, axis=1), models.apply(config, params, tokens), cache
+
+    generated, full, cache = generate_and_apply(params, tokens)
+    assert cache.k[0].dtype == jnp.bfloat16 and generated.dtype == jnp.float32
+    # the same bf16 operands, summed in another order: bf16 rounding (2^-9) of O(1) logits
+    np.testing.assert_allclose(generated, full, atol=3e-2 * float(jnp.max(jnp.abs(full))))
+    with pytest.raises(ValueError, match=r"config\.dtype"):
+        models.prefill(config, params, tokens[:, :2], models.init_cache(CONFIGS["llama"], B, S))

@@ -122,6 +122,11 @@ def _pretrained(args):
         raise ValueError(f"--max-len {max_len} exceeds the model's {model.max_len} positions")
     if args.tokens is not None:
         return model, read_token_file(args.tokens, per_process=True), None
+    if model.tokenizer is None:
+        raise ValueError(
+            f"--model {args.model} has no tokenizer.json to read --corpus {args.corpus} with; "
+            "pass its token ids as --tokens FILE (.npy/.npz)"
+        )
     # Each process samples its share of the documents from its own books (per_host).
     corpus = load_corpus(args.corpus, tokenizer=model.tokenizer, per_host=True)
     samples = chunk_documents(corpus, max_len, tokenizer=model.tokenizer)
@@ -137,16 +142,12 @@ def _pretrained(args):
 
 
 def _document_start(model, override: int | None) -> dict:
-    """The id the model conditions on first, its token and where the choice comes from."""
-    bos = int(model.config.bos_id)
-    token = getattr(model, "bos_token", None)
-    if token is None:
-        backend = getattr(model.tokenizer, "_backend", None)
-        token = backend.id_to_token(bos) if backend is not None else None
-    if override is not None:
-        source = "--bos-id"
-    else:
-        source = getattr(model, "bos_source", None) or "the model's default, config.bos_id"
+    """The id the model conditions on first (`PretrainedModel.bos_id`), its token and where
+    the choice comes from (`bos_source`: the checkpoint's tokenizer, config.json, GGUF)."""
+    bos = int(model.bos_id)
+    backend = getattr(model.tokenizer, "_backend", None)  # None: bytes, or no tokenizer.json
+    token = backend.id_to_token(bos) if backend is not None else None
+    source = "--bos-id" if override is not None else model.bos_source
     return {"bos_id": bos, "token": token, "source": source}
 
 
@@ -194,7 +195,8 @@ def measure(args: argparse.Namespace) -> dict:
         with distributed.agreed_errors():  # each process reads its own documents
             model, docs, corpus = _pretrained(args)
         fn, params, max_len = model.logprob_fn, model.params, model.max_len
-        vocab = model.tokenizer.vocab_size
+        # a Hugging Face folder without tokenizer.json scores --tokens over the embedding's ids
+        vocab = model.config.vocab_size if model.tokenizer is None else model.tokenizer.vocab_size
         batch = args.batch_size or PRESETS[args.preset][2]
         label = f"{args.model} on {args.corpus or args.tokens}"
         start = _document_start(model, args.bos_id)

@@ -327,7 +327,7 @@ def text_task(model_name: str, data: TextData, config) -> tuple[Any, Any, Any]:
     seq_len = data.train_BxL.shape[1]
     model_config, bos = token_model(model_name, data.tokenizer, seq_len)
     task = train.TokenTask(
-        apply_fn=functools.partial(models.apply, model_config),
+        logprob_fn=functools.partial(models.token_logprobs, model_config),
         batches=_epoch_batches(data.train_BxL, bos, config.seed, data.processes),
         seq_len=seq_len,
         eval_data=_with_bos(data.eval_BxL, bos),

@@ -24,24 +24,29 @@ def bc(v, like):
     return jax.lax.broadcast_to_rank(v, like.ndim)
 
 
-def dense(x, w, b=None, dtype="float32"):
-    """x @ w (+ b), w laid out [in, out]: operands in `dtype`, accumulated and returned in
-    float32 (so "bfloat16" runs the matmul at bf16 speed and keeps float32 activations)."""
+def dense(x, w, b=None, dtype="float32", out_dtype=None):
+    """x @ w (+ b), w laid out [in, out]: operands in `dtype`, accumulated (and the bias added)
+    in float32, returned in `out_dtype` (default `dtype`). With "bfloat16" the matmul runs at
+    bf16 speed and its output is a bf16 activation; parameters stay float32."""
     y = jnp.matmul(x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
-    return y if b is None else y + bc(b, y)
+    y = y if b is None else y + bc(b.astype(jnp.float32), y)
+    return y.astype(dtype if out_dtype is None else out_dtype)
 
 
 def layer_norm(x_BxLxD, scale_D, bias_D, eps):
+    """LayerNorm with float32 statistics; returns x's dtype."""
     x = x_BxLxD.astype(jnp.float32)
     mean = jnp.mean(x, axis=-1, keepdims=True)
     var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
-    return (x - mean) * jax.lax.rsqrt(var + eps) * bc(scale_D, x) + bc(bias_D, x)
+    y = (x - mean) * jax.lax.rsqrt(var + eps) * bc(scale_D, x) + bc(bias_D, x)
+    return y.astype(x_BxLxD.dtype)
 
 
 def rms_norm(x_BxLxD, scale_D, eps):
+    """RMSNorm with float32 statistics; returns x's dtype."""
     x = x_BxLxD.astype(jnp.float32)
     ms = jnp.mean(jnp.square(x), axis=-1, keepdims=True)
-    return x * jax.lax.rsqrt(ms + eps) * bc(scale_D, x)
+    return (x * jax.lax.rsqrt(ms + eps) * bc(scale_D, x)).astype(x_BxLxD.dtype)
 
 
 def check_positive(name: str, value, *, minimum: int = 1) -> None:
@@ -49,7 +54,7 @@ def check_positive(name: str, value, *, minimum: int = 1) -> None:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
-def check_common(config) -> None:
+def check_common(config, implementations=IMPLEMENTATIONS) -> None:
     """Validates the fields every config shares (vocabulary, head, positions, kernels)."""
     name = type(config).__name__
     check_positive(f"{name}.vocab_size", config.vocab_size)
@@ -64,9 +69,9 @@ def check_common(config) -> None:
         raise ValueError(
             f"{name}.bos_id={config.bos_id} is outside the vocabulary [0, {config.vocab_size})"
         )
-    if config.implementation not in IMPLEMENTATIONS:
+    if config.implementation not in implementations:
         raise ValueError(
-            f"{name}.implementation must be one of {IMPLEMENTATIONS}, got {config.implementation!r}"
+            f"{name}.implementation must be one of {implementations}, got {config.implementation!r}"
         )
     if config.dtype not in DTYPES:
         raise ValueError(f"{name}.dtype must be one of {DTYPES}, got {config.dtype!r}")

@@ -2,11 +2,15 @@
 
     config, params = load_llama_gguf(path)        # float32, Llama style, ready for `apply`
 
+Architectures: llama (Llama 2/3/3.1, Mistral, SmolLM2; optional attention biases, linear RoPE
+scaling or Llama 3.1's `rope_freqs` divisors), qwen2 (q/k/v biases), qwen3 (q/k norms).
+
 Quantised tensors (Q4_0, Q4_1, Q8_0, K-quants, ... whatever the `gguf` package knows) are
 dequantised to float32. GGUF stores each matrix as [out, in] (PyTorch order); our params are
 [in, out]. llama.cpp's converter reorders the rows of every Q and K head so rotary pairs are
-adjacent ((2i, 2i+1), "interleaved" RoPE); our transformer rotates dimension i with i + E/2
-("half-split", as Hugging Face Llama). `unpermute_qk` undoes the reordering.
+adjacent ((2i, 2i+1), "interleaved" RoPE) in llama files; our transformer rotates dimension i
+with i + E/2 ("half-split", as Hugging Face Llama). `unpermute_qk` undoes the reordering.
+qwen2/qwen3 files keep the half-split order (llama.cpp runs them with NeoX-style RoPE).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from l2m_jax.models.transformer import TransformerConfig
+from l2m_jax.models.transformer import RopeScaling, TransformerConfig
 
 __all__ = [
     "GGUFContents",
@@ -29,18 +33,8 @@ __all__ = [
     "unpermute_qk",
 ]
 
-_LLAMA_ARCHS = ("llama",)
-_LAYER_TENSORS = (
-    "attn_norm",
-    "attn_q",
-    "attn_k",
-    "attn_v",
-    "attn_output",
-    "ffn_norm",
-    "ffn_gate",
-    "ffn_up",
-    "ffn_down",
-)
+_ARCHS = ("llama", "qwen2", "qwen3")
+_PERMUTED = ("llama",)  # architectures whose Q/K rows llama.cpp's converter reorders
 
 
 class GGUFContents(NamedTuple):
@@ -100,8 +94,8 @@ class _Dequantized(Mapping):
 
 
 def unpermute_qk(w_OxI: np.ndarray, n_heads: int) -> np.ndarray:
-    """GGUF's Q or K matrix [heads·E, in] (rotary pairs at rows 2i, 2i+1 of each head) in
-    half-split order (pairs at rows i, i + E/2)."""
+    """GGUF's Q or K matrix [heads·E, in] (or bias [heads·E]; rotary pairs at rows 2i, 2i+1
+    of each head) in half-split order (pairs at rows i, i + E/2)."""
     rows = w_OxI.shape[0]
     if rows % (2 * n_heads):
         raise ValueError(f"{rows} rows do not split into {n_heads} heads of even size")
@@ -112,12 +106,15 @@ def unpermute_qk(w_OxI: np.ndarray, n_heads: int) -> np.ndarray:
 def llama_config(
     metadata: dict, tensors: Mapping[str, np.ndarray] | None = None, **overrides
 ) -> TransformerConfig:
-    """The Llama-style `TransformerConfig` a GGUF file's metadata describes."""
+    """The Llama-style `TransformerConfig` a GGUF file's metadata describes (architectures
+    llama, qwen2, qwen3), with its RoPE scaling (`rope.scaling.type` linear, or the
+    per-frequency divisors of a `rope_freqs` tensor: Llama 3.1), attention biases (when the
+    file has them; always for qwen2) and q/k norms (qwen3)."""
     arch = metadata.get("general.architecture")
-    if arch not in _LLAMA_ARCHS:
+    if arch not in _ARCHS:
         raise ValueError(
-            f"GGUF architecture {arch!r} is not supported; only Llama-family "
-            f"files ({', '.join(_LLAMA_ARCHS)}) map onto TransformerConfig"
+            f"GGUF architecture {arch!r} is not supported; only {', '.join(_ARCHS)} files map "
+            "onto TransformerConfig"
         )
 
     def need(key):
@@ -126,28 +123,38 @@ def llama_config(
         return metadata[f"{arch}.{key}"]
 
     d_model, n_heads = int(need("embedding_length")), int(need("attention.head_count"))
-    head_dim = d_model // n_heads
-    for key in ("attention.key_length", "attention.value_length", "rope.dimension_count"):
+    head_dim = int(metadata.get(f"{arch}.attention.key_length", d_model // n_heads))
+    for key in ("attention.value_length", "rope.dimension_count"):
         if int(metadata.get(f"{arch}.{key}", head_dim)) != head_dim:
             raise ValueError(
-                f"{arch}.{key}={metadata[f'{arch}.{key}']} differs from "
-                f"d_model / n_heads = {head_dim}; such models are not supported"
+                f"{arch}.{key}={metadata[f'{arch}.{key}']} differs from the head size "
+                f"{head_dim}; such models are not supported"
             )
-    scaling = metadata.get(f"{arch}.rope.scaling.type", "none")
-    if scaling not in ("none", None) or (tensors is not None and "rope_freqs.weight" in tensors):
+    has = lambda name: tensors is not None and name in tensors
+    scaling_type = metadata.get(f"{arch}.rope.scaling.type", "none") or "none"
+    scaling = None
+    if scaling_type == "linear":
+        scaling = RopeScaling("linear", factor=float(need("rope.scaling.factor")))
+    elif scaling_type != "none":
         raise ValueError(
-            "rotary scaling (Llama 3.1-style rope_freqs / rope.scaling) is not "
-            "supported; use a checkpoint with plain RoPE"
+            f"GGUF {arch}.rope.scaling.type {scaling_type!r} is not supported (none, linear, "
+            "or Llama 3.1's rope_freqs tensor)"
         )
+    if has("rope_freqs.weight"):
+        if scaling is not None:
+            raise ValueError("GGUF file has both rope.scaling.type linear and rope_freqs")
+        divisors = np.asarray(tensors["rope_freqs.weight"], np.float64).reshape(-1)
+        scaling = RopeScaling("divisors", divisors=tuple(float(d) for d in divisors))
     bos = metadata.get("tokenizer.ggml.bos_token_id")
     vocab = metadata.get(f"{arch}.vocab_size")
-    if vocab is None and tensors is not None and "token_embd.weight" in tensors:
+    if vocab is None and has("token_embd.weight"):
         vocab = tensors["token_embd.weight"].shape[0]
     if vocab is None:
         raise ValueError(
             f"GGUF metadata lacks {arch}.vocab_size and no token_embd tensor "
             "was given; the file is incomplete"
         )
+    attn_bias = arch == "qwen2" or has("blk.0.attn_q.bias")
     fields = dict(
         style="llama",
         vocab_size=int(vocab),
@@ -155,10 +162,15 @@ def llama_config(
         n_layers=int(need("block_count")),
         n_heads=n_heads,
         n_kv_heads=int(metadata.get(f"{arch}.attention.head_count_kv", n_heads)),
+        d_head=head_dim,
         d_ff=int(need("feed_forward_length")),
         max_positions=0,
         rope_theta=float(metadata.get(f"{arch}.rope.freq_base", 10_000.0)),
+        rope_scaling=scaling,
         norm_eps=float(metadata.get(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)),
+        attn_bias=attn_bias,
+        attn_out_bias=has("blk.0.attn_output.bias"),
+        qk_norm=arch == "qwen3",
         tie_embeddings=tensors is None or "output.weight" not in tensors,
         bos_id=0 if bos is None else int(bos),
     )
@@ -166,69 +178,102 @@ def llama_config(
     return TransformerConfig(**fields)
 
 
-def llama_params(config: TransformerConfig, tensors: Mapping[str, np.ndarray]) -> dict:
+# Our parameter path -> GGUF tensor name ("{i}" is the layer), as llama.cpp's converter writes
+# llama, qwen2 and qwen3 files. Matrices are [out, in] in GGUF and transposed for us.
+_TABLE = {
+    "embed/tokens": "token_embd.weight",
+    "layers/attn_norm/scale": "blk.{i}.attn_norm.weight",
+    "layers/attn/wq": "blk.{i}.attn_q.weight",
+    "layers/attn/wk": "blk.{i}.attn_k.weight",
+    "layers/attn/wv": "blk.{i}.attn_v.weight",
+    "layers/attn/wo": "blk.{i}.attn_output.weight",
+    "layers/attn/bq": "blk.{i}.attn_q.bias",
+    "layers/attn/bk": "blk.{i}.attn_k.bias",
+    "layers/attn/bv": "blk.{i}.attn_v.bias",
+    "layers/attn/bo": "blk.{i}.attn_output.bias",
+    "layers/attn/q_norm": "blk.{i}.attn_q_norm.weight",
+    "layers/attn/k_norm": "blk.{i}.attn_k_norm.weight",
+    "layers/mlp_norm/scale": "blk.{i}.ffn_norm.weight",
+    "layers/mlp/w_gate": "blk.{i}.ffn_gate.weight",
+    "layers/mlp/w_up": "blk.{i}.ffn_up.weight",
+    "layers/mlp/w_down": "blk.{i}.ffn_down.weight",
+    "final_norm/scale": "output_norm.weight",
+    "head/unembed": "output.weight",
+}
+_MATRIX_LEAVES = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down", "unembed")
+
+
+def llama_params(
+    config: TransformerConfig, tensors: Mapping[str, np.ndarray], architecture: str = "llama"
+) -> dict:
     """Maps GGUF tensors (float32, [out, in]) onto the transformer's param pytree (NumPy
-    float32 arrays on the host; `jax.device_put` or `pretrained.shard_params` them)."""
-    n, H, K = config.n_layers, config.n_heads, config.kv_heads
-    expected = {"token_embd.weight", "output_norm.weight"}
-    expected |= {f"blk.{i}.{t}.weight" for i in range(n) for t in _LAYER_TENSORS}
-    if not config.tie_embeddings:
-        expected.add("output.weight")
-    missing = sorted(expected - tensors.keys())
-    extra = sorted(k for k in tensors.keys() - expected if k != "rope_freqs.weight")
-    if missing or extra:
+    float32 arrays on the host; `jax.device_put` or `pretrained.shard_params` them).
+
+    Q and K (weights and biases) are un-permuted when the file is a llama one (llama.cpp's
+    converter permutes them for its interleaved RoPE; qwen2/qwen3 files keep Hugging Face's
+    half-split order). Every tensor's shape is checked against the metadata's."""
+    import jax
+
+    from l2m_jax import models
+
+    if architecture not in _ARCHS:
+        raise ValueError(f"architecture must be one of {_ARCHS}, got {architecture!r}")
+    permuted = architecture in _PERMUTED
+    abstract = jax.eval_shape(lambda: models.init(config, jax.random.key(0)))
+    used = {"rope_freqs.weight"}
+    out: dict = {}
+    for path_keys, leaf in jax.tree_util.tree_leaves_with_path(abstract):
+        path = "/".join(str(getattr(k, "key", k)) for k in path_keys)
+        name = _TABLE.get(path)
+        if name is None:
+            raise ValueError(f"GGUF import has no tensor for our parameter {path}")
+        key = path.split("/")[-1]
+        stacked = path.startswith("layers/")
+        names = [name.format(i=i) for i in range(config.n_layers)] if stacked else [name]
+        per_layer = leaf.shape[1:] if stacked else leaf.shape
+        arrays = []
+        for n in names:
+            if n not in tensors:
+                raise ValueError(
+                    f"GGUF tensor {n} is missing (our {path}); the file does not hold a "
+                    f"{config.n_layers}-layer model as its metadata describes"
+                )
+            w = np.asarray(tensors[n], np.float32)
+            if permuted and key in ("wq", "bq"):
+                w = unpermute_qk(w, config.n_heads)
+            elif permuted and key in ("wk", "bk"):
+                w = unpermute_qk(w, config.kv_heads)
+            if key in _MATRIX_LEAVES:
+                w = w.T
+            if w.shape != tuple(per_layer):
+                raise ValueError(
+                    f"GGUF tensor {n} has shape {list(w.shape)} (ours), but the metadata "
+                    f"implies {list(per_layer)}"
+                )
+            arrays.append(w)
+            used.add(n)
+        value = np.stack(arrays) if stacked else arrays[0]
+        node = out
+        *parents, last = path.split("/")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    extra = sorted(set(tensors.keys()) - used)
+    if extra:
         raise ValueError(
-            f"GGUF tensors do not match a {n}-layer Llama model: missing "
-            f"{missing[:4]}, unexpected {extra[:4]} (biases or other "
-            "architectures are not supported)"
+            f"GGUF tensors {extra[:4]} are not used by a {config.n_layers}-layer model as the "
+            "metadata describes it (an option this import does not support)"
         )
-
-    def stack(name, fn=lambda w: w.T):
-        return np.stack([fn(tensors[f"blk.{i}.{name}.weight"]) for i in range(n)])
-
-    params = {
-        "embed": {"tokens": tensors["token_embd.weight"]},
-        "layers": {
-            "attn_norm": {"scale": stack("attn_norm", lambda w: w)},
-            "attn": {
-                "wq": stack("attn_q", lambda w: unpermute_qk(w, H).T),
-                "wk": stack("attn_k", lambda w: unpermute_qk(w, K).T),
-                "wv": stack("attn_v"),
-                "wo": stack("attn_output"),
-            },
-            "mlp_norm": {"scale": stack("ffn_norm", lambda w: w)},
-            "mlp": {
-                "w_gate": stack("ffn_gate"),
-                "w_up": stack("ffn_up"),
-                "w_down": stack("ffn_down"),
-            },
-        },
-        "final_norm": {"scale": tensors["output_norm.weight"]},
-    }
-    if not config.tie_embeddings:
-        params["head"] = {"unembed": tensors["output.weight"].T}
-    want = {
-        "embed": (config.vocab_size, config.d_model),
-        "wq": (n, config.d_model, H * config.head_dim),
-        "wk": (n, config.d_model, K * config.head_dim),
-        "w_gate": (n, config.d_model, config.ff_dim),
-    }
-    got = {
-        "embed": params["embed"]["tokens"].shape,
-        "wq": params["layers"]["attn"]["wq"].shape,
-        "wk": params["layers"]["attn"]["wk"].shape,
-        "w_gate": params["layers"]["mlp"]["w_gate"].shape,
-    }
-    if want != got:
-        raise ValueError(f"GGUF tensor shapes {got} do not match the metadata's {want}")
-    return params
+    return out
 
 
 def load_llama_gguf(path: str | os.PathLike, **overrides) -> tuple[TransformerConfig, dict]:
-    """(config, params) of a Llama-family GGUF file; `overrides` replace config fields."""
+    """(config, params) of a llama, qwen2 or qwen3 GGUF file; `overrides` replace config
+    fields."""
     import jax
     import jax.numpy as jnp
 
     metadata, tensors = read_gguf(path)
     config = llama_config(metadata, tensors, **overrides)
-    return config, jax.tree.map(jnp.asarray, llama_params(config, tensors))
+    params = llama_params(config, tensors, metadata["general.architecture"])
+    return config, jax.tree.map(jnp.asarray, params)

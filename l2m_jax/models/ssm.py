@@ -63,8 +63,9 @@ class MambaConfig:
       head, channels, bos_id: as in TransformerConfig.
       implementation, interpret: passed to `kernels.scan.selective_scan`.
       remat: recompute each layer's activations in the backward pass (`jax.checkpoint`).
-      dtype: "float32" or "bfloat16", the operand type of the projections (accumulation,
-        Δ, the scan and its state, norms and activations stay float32).
+      dtype: "float32" or "bfloat16": activations and projection operands in this type, with
+        float32 accumulation and norm statistics; Δ, the scan's arithmetic, its state and the
+        recurrent cache stay float32; parameters are float32.
     """
 
     vocab_size: int = 50280
@@ -123,8 +124,7 @@ class Mamba2Config:
       max_positions, norm_eps, tie_embeddings, head, channels, bos_id: as in MambaConfig.
       implementation, interpret: passed to `kernels.scan.ssd`.
       remat: recompute each layer's activations in the backward pass (`jax.checkpoint`).
-      dtype: "float32" or "bfloat16", the operand type of the projections (accumulation,
-        Δ, the scan and its state, norms and activations stay float32).
+      dtype: "float32" or "bfloat16": as in MambaConfig.
     """
 
     vocab_size: int = 50280
@@ -248,7 +248,7 @@ def _causal_conv(x_BxLxF, window_BxWxF, w_KxF, b_F):
     y_BxLxF = _layers.bc(b_F, x_BxLxF)
     for k in range(K):
         y_BxLxF = y_BxLxF + xp_BxMxF[:, k : k + L] * _layers.bc(w_KxF[k], x_BxLxF)
-    return y_BxLxF, xp_BxMxF[:, L:]
+    return y_BxLxF.astype(x_BxLxF.dtype), xp_BxMxF[:, L:].astype(window_BxWxF.dtype)
 
 
 def _mamba1_recurrent(x_Bx1xI, dt_Bx1xI, A_IxN, B_Bx1xN, C_Bx1xN, h_BxIxN):
@@ -348,7 +348,8 @@ def _mamba2_mixer(config, p, h_BxLxD, window, state, recurrent):
 
 
 def _run(config, params, inputs, positions_BxL, windows, states, recurrent):
-    """Embeds, runs every block (carrying per-layer states), applies the head."""
+    """Embeds, runs every block (carrying per-layer states); returns the final normalised
+    hidden states x_BxLxD (config.dtype) and the new states."""
     mixer = _mamba1_mixer if isinstance(config, MambaConfig) else _mamba2_mixer
     x_BxLxD = heads.embed(config, params, inputs, positions_BxL)
     B = x_BxLxD.shape[0]
@@ -366,18 +367,24 @@ def _run(config, params, inputs, positions_BxL, windows, states, recurrent):
         body = jax.checkpoint(body)
     x_BxLxD, (windows, states) = lax.scan(body, x_BxLxD, (params["layers"], windows, states))
     x_BxLxD = _layers.rms_norm(x_BxLxD, params["final_norm"]["scale"], config.norm_eps)
-    return heads.output(config, params, x_BxLxD), windows, states
+    return x_BxLxD, windows, states
 
 
-def apply(config, params: dict, inputs):
-    """Whole sequences through the parallel scan: tokens [B, L] -> logits [B, L, V], or
-    vectors [B, L, C] -> GaussianPrediction([B, L, C], [B, L, C])."""
+def hidden_states(config, params: dict, inputs):
+    """Whole sequences -> the final (normalised) hidden states x_BxLxD in config.dtype: what
+    the head (`heads.output`, or the fused `heads.token_logprobs`) is applied to."""
     heads.check_inputs(config, inputs, step=False)
     B, L = inputs.shape[:2]
     heads.check_positions(config, L)
     positions_BxL = jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), (B, L))
-    out, _, _ = _run(config, params, inputs, positions_BxL, None, None, recurrent=False)
-    return out
+    x_BxLxD, _, _ = _run(config, params, inputs, positions_BxL, None, None, recurrent=False)
+    return x_BxLxD
+
+
+def apply(config, params: dict, inputs):
+    """Whole sequences through the parallel scan: tokens [B, L] -> logits [B, L, V], or
+    vectors [B, L, C] -> GaussianPrediction([B, L, C], [B, L, C]) (float32)."""
+    return heads.output(config, params, hidden_states(config, params, inputs))
 
 
 def init_cache(config, batch: int, max_len: int) -> SSMCache:
@@ -430,9 +437,10 @@ def prefill(config, params: dict, inputs, cache: SSMCache):
     B, L = inputs.shape[:2]
     _check_cache(config, cache, B, L)
     positions_BxL = cache.lengths[:, None] + jnp.arange(L, dtype=jnp.int32)[None]
-    out, conv, ssm_state = _run(
+    x_BxLxD, conv, ssm_state = _run(
         config, params, inputs, positions_BxL, cache.conv, cache.ssm, recurrent=False
     )
+    out = heads.output(config, params, x_BxLxD)
     return _finish(config, out, cache.lengths, L), SSMCache(conv, ssm_state, cache.lengths + L)
 
 
@@ -442,8 +450,8 @@ def decode_step(config, params: dict, input_B, cache: SSMCache):
     heads.check_inputs(config, input_B, step=True)
     B = input_B.shape[0]
     _check_cache(config, cache, B, 1)
-    out, conv, ssm_state = _run(
+    x_Bx1xD, conv, ssm_state = _run(
         config, params, input_B[:, None], cache.lengths[:, None], cache.conv, cache.ssm, True
     )
-    out = jax.tree.map(lambda a: a[:, 0], out)
+    out = heads.output(config, params, x_Bx1xD[:, 0])
     return _finish(config, out, cache.lengths, 1), SSMCache(conv, ssm_state, cache.lengths + 1)

@@ -1,6 +1,7 @@
-"""Tokenizers that work offline: byte-level, GPT-2 BPE, SmolLM2's (from GGUF), locally trained BPE.
+"""Tokenizers that work offline: byte-level, GPT-2 BPE, SmolLM2's (from GGUF), Hugging Face
+checkpoints' tokenizer.json, locally trained BPE.
 
-    tok = get_tokenizer("gpt2")      # "bytes", "gpt2", "smollm2", "gguf:PATH", "bpe:PATH"
+    tok = get_tokenizer("gpt2")      # "bytes", "gpt2", "smollm2", "gguf:PATH", "hf:DIR", "bpe:PATH"
     ids = tok.encode("In the beginning")  ->  list[int]
     tok.decode(ids), tok.vocab_size, tok.bos_id, tok.name
 
@@ -8,8 +9,10 @@
 openai-whisper package ships (located, never imported); "smollm2" and "gguf:PATH" rebuild a
 model's tokenizer from the vocabulary stored in its GGUF file (byte-level BPE with merges, or
 SentencePiece BPE with scores); `train_bpe` trains a byte-level BPE on a corpus with the
-`tokenizers` library and saves it as JSON for "bpe:PATH". Rebuilt tokenizers are cached as
-JSON under `cache_dir()`.
+`tokenizers` library and saves it as JSON for "bpe:PATH". "hf:DIR" reads DIR/tokenizer.json
+(a Hugging Face checkpoint folder) with `tokenizers`, truncation and padding off; its bos_id is
+the checkpoint's document start (`l2m_jax.models.hf.document_start`). Rebuilt tokenizers are
+cached as JSON under `cache_dir()`. `encode` never adds special tokens: models prepend BOS.
 """
 
 from __future__ import annotations
@@ -144,13 +147,16 @@ def _byte_level_tokenizer(
     specials: Sequence[str] = (),
     digits: bool = False,
     split: str | None = None,
+    nfc: bool = False,
 ):
     """Byte-level BPE; `split` replaces GPT-2's pre-tokenizer regex, `digits` splits every
-    digit apart first."""
-    from tokenizers import Regex, decoders, models, pre_tokenizers
+    digit apart first, `nfc` normalises the text to Unicode NFC first."""
+    from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers
     from tokenizers import Tokenizer as HFTokenizer
 
     backend = HFTokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
+    if nfc:
+        backend.normalizer = normalizers.NFC()
     steps = [pre_tokenizers.Digits(individual_digits=True)] if digits else []
     if split is None:
         steps.append(pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True))
@@ -232,12 +238,18 @@ _LLAMA3_SPLIT = (
     r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|"
     r"\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+_QWEN2_SPLIT = (
+    r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"
+    r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+# name -> (split regex, digits one by one first, NFC first)
 _PRE_TOKENIZERS = {
-    None: (_GPT2_SPLIT, False),
-    "default": (_GPT2_SPLIT, False),
-    "gpt-2": (_GPT2_SPLIT, False),
-    "smollm": (_GPT2_SPLIT, True),  # digits one by one, then GPT-2's split
-    "llama-bpe": (_LLAMA3_SPLIT, False),  # Llama 3
+    None: (_GPT2_SPLIT, False, False),
+    "default": (_GPT2_SPLIT, False, False),
+    "gpt-2": (_GPT2_SPLIT, False, False),
+    "smollm": (_GPT2_SPLIT, True, False),  # digits one by one, then GPT-2's split
+    "llama-bpe": (_LLAMA3_SPLIT, False, False),  # Llama 3
+    "qwen2": (_QWEN2_SPLIT, False, True),  # Qwen2/2.5/3 (NFC as their tokenizer.json)
 }
 
 
@@ -261,12 +273,17 @@ def _build_from_gguf(path: pathlib.Path):
                 f"{path}: pre-tokenizer {pre!r} is not supported; known: "
                 f"{sorted(k for k in _PRE_TOKENIZERS if k)}"
             )
-        split, digits = _PRE_TOKENIZERS[pre]
+        split, digits, nfc = _PRE_TOKENIZERS[pre]
         merges = [tuple(m.split(" ", 1)) for m in get("tokenizer.ggml.merges")]
         vocab = {t: i for i, t in enumerate(tokens)}
         specials = [t for t, kind in zip(tokens, types, strict=True) if kind in (3, 4)]
         backend = _byte_level_tokenizer(
-            vocab, merges, specials, digits=digits, split=None if split == _GPT2_SPLIT else split
+            vocab,
+            merges,
+            specials,
+            digits=digits,
+            split=None if split == _GPT2_SPLIT else split,
+            nfc=nfc,
         )
     elif model == "llama":
         scores = get("tokenizer.ggml.scores")
@@ -338,6 +355,36 @@ def _bpe_file(path: pathlib.Path, name: str) -> Tokenizer:
     return Tokenizer(name, backend, backend.get_vocab_size(), bos_id=bos, eos_id=bos)
 
 
+def _hf_folder(folder: pathlib.Path, name: str) -> Tokenizer:
+    from tokenizers import Tokenizer as HFTokenizer
+
+    from l2m_jax.models import hf
+
+    path = folder / "tokenizer.json"
+    if not path.is_file():
+        raise ValueError(
+            f"no tokenizer.json in {folder}; a Hugging Face checkpoint folder ships its "
+            "tokenizer as tokenizer.json"
+        )
+    try:
+        backend = HFTokenizer.from_file(str(path))
+    except Exception as err:  # tokenizers raises its own Exception type on a bad file
+        raise ValueError(f"{path} is not a readable tokenizer.json: {err}") from err
+    backend.no_truncation()
+    backend.no_padding()
+    bos, _ = hf.document_start(folder, backend)
+    config = hf.read_json(folder / "config.json") if (folder / "config.json").is_file() else {}
+    eos = config.get("eos_token_id")
+    eos = eos[0] if isinstance(eos, list) and eos else eos
+    return Tokenizer(
+        name,
+        backend,
+        backend.get_vocab_size(),
+        bos_id=bos,
+        eos_id=None if eos is None or isinstance(eos, list) else int(eos),
+    )
+
+
 @functools.cache
 def _get(name: str) -> Tokenizer:
     if name == "bytes":
@@ -347,6 +394,9 @@ def _get(name: str) -> Tokenizer:
     if name.startswith("bpe:"):
         path = pathlib.Path(name[4:]).expanduser().resolve()
         return _bpe_file(path, f"bpe:{path}")
+    if name.startswith("hf:"):
+        folder = pathlib.Path(name[3:]).expanduser().resolve()
+        return _hf_folder(folder, f"hf:{folder}")
     if name.startswith("gguf:") or name.endswith(".gguf"):
         path = pathlib.Path(name.removeprefix("gguf:")).expanduser().resolve()
         if not path.is_file():
@@ -358,12 +408,14 @@ def _get(name: str) -> Tokenizer:
         return _from_gguf(pretrained.locate(name), name)
     raise ValueError(
         f"unknown tokenizer {name!r}; choose 'bytes', 'gpt2', "
-        f"{', '.join(repr(n) for n in pretrained.KNOWN_MODELS)}, 'gguf:PATH' or 'bpe:PATH'"
+        f"{', '.join(repr(n) for n in pretrained.KNOWN_MODELS)}, 'gguf:PATH', 'hf:DIR' or "
+        "'bpe:PATH'"
     )
 
 
 def get_tokenizer(name: str) -> Tokenizer:
-    """The tokenizer called `name`: "bytes", "gpt2", "smollm2", "gguf:PATH" or "bpe:PATH"."""
+    """The tokenizer called `name`: "bytes", "gpt2", "smollm2", "gguf:PATH", "hf:DIR" (a
+    Hugging Face folder's tokenizer.json) or "bpe:PATH"."""
     if not isinstance(name, str):
         raise TypeError(f"tokenizer name must be a str, got {type(name).__name__}")
     return _get(name)

@@ -31,6 +31,11 @@ def gaussian_entropy(std: jax.Array) -> jax.Array:
 
 
 def token_nll(logits_BxLxV: jax.Array, targets_BxL: jax.Array) -> jax.Array:
-    """−log softmax(logits)[target] for every position: [B, L]."""
+    """−log softmax(logits)[target] for every position: [B, L].
+
+    This takes the full logits (and its gradient is another [B, L, V] array); training and
+    scoring use the fused head instead, `models.token_logprobs`, which gives the same numbers
+    from the hidden states over chunks of positions (`TokenTask(logprob_fn=...)`).
+    """
     logp_BxLxV = jax.nn.log_softmax(logits_BxLxV.astype(jnp.float32), axis=-1)
     return -jnp.take_along_axis(logp_BxLxV, targets_BxL[..., None], axis=-1)[..., 0]

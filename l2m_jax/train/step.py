@@ -149,12 +149,17 @@ class GaussianTask:
         return self.seq_len
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class TokenTask:
     """Token sequences fed from the host; loss = NLL (mean over positions).
 
     Attributes:
-      apply_fn: `(params, tokens_BxL int32) -> logits_BxLxV`.
+      logprob_fn: `(params, inputs_BxL, targets_BxL int32) -> log q(targets) [B, L]`, e.g.
+        `functools.partial(models.token_logprobs, config)`: the fused token head, which never
+        builds the [B, L, V] logits (memory O(L) in the loss and its gradient).
+      apply_fn: `(params, tokens_BxL int32) -> logits_BxLxV`: the loss takes the log-softmax of
+        the full logits (a [B, L, V] array and its gradient; the reference path, and the way in
+        for models that only give logits). Give exactly one of logprob_fn and apply_fn.
       batches: `batches(step, batch_size) -> np.ndarray int32 [B / P, L+1]`: this
         process's rows of the global batch of `batch_size` (all of it when P = 1 process), a
         deterministic function of the step (so a resumed run sees the same data); column 0
@@ -163,19 +168,29 @@ class TokenTask:
       eval_data: this process's held-out sequences `np.ndarray int32 [N / P, L+1]`.
     """
 
-    apply_fn: Callable[[Any, jax.Array], jax.Array]
+    logprob_fn: Callable[[Any, jax.Array, jax.Array], jax.Array] | None = None
+    apply_fn: Callable[[Any, jax.Array], jax.Array] | None = None
     batches: Callable[[int, int], np.ndarray]
     seq_len: int
     eval_data: np.ndarray
 
     constants = None
 
+    def __post_init__(self):
+        if (self.logprob_fn is None) == (self.apply_fn is None):
+            raise ValueError(
+                "TokenTask needs exactly one of logprob_fn (the fused head, e.g. "
+                "functools.partial(models.token_logprobs, config)) and apply_fn (full logits)"
+            )
+
     def per_token(
         self, params: Any, tokens_BxL1: jax.Array, constants: Any = None
     ) -> dict[str, jax.Array]:
         del constants
-        logits_BxLxV = self.apply_fn(params, tokens_BxL1[:, :-1])
-        return {"nll": token_nll(logits_BxLxV, tokens_BxL1[:, 1:])}
+        inputs_BxL, targets_BxL = tokens_BxL1[:, :-1], tokens_BxL1[:, 1:]
+        if self.logprob_fn is not None:
+            return {"nll": -self.logprob_fn(params, inputs_BxL, targets_BxL)}
+        return {"nll": token_nll(self.apply_fn(params, inputs_BxL), targets_BxL)}
 
     loss_name: ClassVar[str] = "nll"
 
