@@ -152,22 +152,28 @@ def test_bfloat16_matmuls_stay_close_to_float32(forward):
         assert 1e-5 * scale < err < 3e-2 * scale, (err, scale)
 
 
-def test_generation_with_token_head():
-    config = CONFIGS["gpt2"]
-    params = _params(config)
-    tokens = _inputs(config, jax.random.key(3), B, L0 + 2)
+def _generate_and_apply(config):
+    """Jitted (prefill L0 + two decode steps, apply over the same tokens, final cache)."""
 
     @jax.jit
-    def generate_and_apply(params, tokens):
+    def run(params, tokens):
         cache = models.init_cache(config, B, S)
         out, cache = models.prefill(config, params, tokens[:, :L0], cache)
         steps = [out]
         for t in range(L0, L0 + 2):
             logits, cache = models.decode_step(config, params, tokens[:, t], cache)
             steps.append(logits[:, None])
-        return jnp.concatenate(steps, axis=1), models.apply(config, params, tokens)
+        return jnp.concatenate(steps, axis=1), models.apply(config, params, tokens), cache
 
-    _assert_close(*generate_and_apply(params, tokens))
+    return run
+
+
+def test_generation_with_token_head():
+    config = CONFIGS["gpt2"]
+    params = _params(config)
+    tokens = _inputs(config, jax.random.key(3), B, L0 + 2)
+    generated, full, _ = _generate_and_apply(config)(params, tokens)
+    _assert_close(generated, full)
 
 
 def _mamba1_sequential(config, p, h_BxLxD):
@@ -565,18 +571,7 @@ def test_bfloat16_generation_uses_the_dtype_of_apply():
     config = dataclasses.replace(CONFIGS["llama"], dtype="bfloat16")
     params = _params(config)
     tokens = _inputs(config, jax.random.key(6), B, L0 + 2)
-
-    @jax.jit
-    def generate_and_apply(params, tokens):
-        cache = models.init_cache(config, B, S)
-        out, cache = models.prefill(config, params, tokens[:, :L0], cache)
-        steps = [out]
-        for t in range(L0, L0 + 2):
-            logits, cache = models.decode_step(config, params, tokens[:, t], cache)
-            steps.append(logits[:, None])
-        return jnp.concatenate(steps, axis=1), models.apply(config, params, tokens), cache
-
-    generated, full, cache = generate_and_apply(params, tokens)
+    generated, full, cache = _generate_and_apply(config)(params, tokens)
     assert cache.k[0].dtype == jnp.bfloat16 and generated.dtype == jnp.float32
     # the same bf16 operands, summed in another order: bf16 rounding (2^-9) of O(1) logits
     np.testing.assert_allclose(generated, full, atol=3e-2 * float(jnp.max(jnp.abs(full))))
