@@ -143,3 +143,19 @@ def test_threaded_host_path_matches_counter():
         got = count_pairs(docs, [1, 7, 300], vocab_size, implementation="numpy")
         for table, d in zip(got.tables, [1, 7, 300], strict=True):
             assert _as_dict(table) == dict(_reference(docs, (0, d), vocab_size))
+
+
+def test_many_short_documents_match_counter():
+    """More documents per chunk than `_TAIL_SLICES` take the masked path for the starts past a
+    document's end; small chunks (few documents each) take the one-slice-per-document path."""
+    from l2m_jax.information.counting import _TAIL_SLICES
+
+    rng = np.random.default_rng(7)
+    docs = [rng.integers(0, 300, n) for n in rng.integers(0, 12, 2 * _TAIL_SLICES)]
+    want = [dict(_reference(docs, (0, d), 300)) for d in (1, 3, 11)]
+    for chunk in (1 << 24, 500):
+        got = count_pairs(docs, [1, 3, 11], 300, chunk_tokens=chunk, implementation="numpy")
+        assert [_as_dict(t) for t in got.tables] == want, chunk
+        np.testing.assert_array_equal(
+            got.unigrams, np.bincount(np.concatenate(docs), minlength=300)
+        )

@@ -45,6 +45,7 @@ from l2m_jax import distributed
 __all__ = ["CountTable", "PairCounts", "count_ngrams", "count_pairs"]
 
 IMPLEMENTATIONS = ("auto", "numpy", "xla")
+_TAIL_SLICES = 4096  # documents per chunk up to which invalid starts are set by slices
 _DENSE_LIMIT = 1 << 22  # dense bincount when V^arity is at most this (and ≤ the chunk)
 _U32_SENTINEL = np.uint32(0xFFFFFFFF)  # sorts after every packed uint32 key (< 2^32 − 1)
 _I32_SENTINEL = np.int32(np.iinfo(np.int32).max)  # sorts after every token id digit
@@ -164,8 +165,12 @@ class _Chunk(NamedTuple):
     starts: int  # events start at positions [0, starts)
 
 
-def _joined(pieces: list[np.ndarray]) -> np.ndarray:
-    return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+def _joined(pieces: list[np.ndarray], dtype) -> np.ndarray:
+    """The pieces end to end as `dtype` (ids are checked ≥ 0: the cast is exact); a view of
+    a single piece of that dtype."""
+    if len(pieces) == 1:
+        return pieces[0].astype(dtype, copy=False)
+    return np.concatenate(pieces, dtype=dtype, casting="unsafe")
 
 
 def _chunks(docs: Iterable, vocab_size: int, key_dtype, chunk: int, halo: int) -> Iterator:
@@ -180,18 +185,20 @@ def _chunks(docs: Iterable, vocab_size: int, key_dtype, chunk: int, halo: int) -
             continue
         tokens += n
         documents += 1
-        buf_tok.append(doc.astype(key_dtype, copy=False))
-        rem = np.arange(n - 1, -1, -1, dtype=np.int32 if n < 2**31 else np.int64)
-        np.minimum(rem, halo, out=rem)  # capped: only rem ≥ d matters, d ≤ halo
-        buf_rem.append(rem.astype(np.int32, copy=False))
+        buf_tok.append(doc)  # cast to the key dtype when joined
+        rem = np.full(n, halo, np.int32)  # capped at halo: only rem ≥ d matters, d ≤ halo
+        tail = min(n, halo + 1)
+        rem[n - tail :] = np.arange(tail - 1, -1, -1, dtype=np.int32)
+        buf_rem.append(rem)
         size += n
         while size >= chunk + halo:
-            tok, rem = _joined(buf_tok), _joined(buf_rem)  # views when one piece (long docs)
+            tok = _joined(buf_tok, key_dtype)  # views when one piece (long docs)
+            rem = _joined(buf_rem, np.int32)
             yield _Chunk(tok[: chunk + halo], rem[: chunk + halo], chunk)
             buf_tok, buf_rem, size = [tok[chunk:]], [rem[chunk:]], size - chunk
     if size:  # the rest (< chunk + halo starts), padded so every offset slice is full
-        tok = np.concatenate([*buf_tok, np.zeros(halo, key_dtype)])
-        rem = np.concatenate([*buf_rem, np.full(halo, -1, np.int32)])
+        tok = _joined([*buf_tok, np.zeros(halo, key_dtype)], key_dtype)
+        rem = _joined([*buf_rem, np.full(halo, -1, np.int32)], np.int32)
         for lo in range(0, size, chunk):
             starts = min(chunk, size - lo)
             yield _Chunk(tok[lo : lo + starts + halo], rem[lo : lo + starts + halo], starts)
@@ -216,6 +223,16 @@ def _run_lengths(sorted_keys: np.ndarray, new: np.ndarray) -> CountTable:
     np.subtract(starts[1:], starts[:-1], out=counts[:-1], casting="unsafe")
     counts[-1] = n - starts[-1]
     return CountTable(sorted_keys[starts], counts)
+
+
+def _add_unigrams(unigrams: np.ndarray, ids: np.ndarray, block: int = 1 << 18) -> None:
+    """unigrams += the histogram of `ids`, in blocks: bincount wants intp ids, and a small
+    reused intp buffer costs half of converting the whole chunk at once."""
+    buf = np.empty(min(block, ids.size), np.intp)
+    for lo in range(0, ids.size, block):
+        part = ids[lo : lo + block]
+        np.copyto(buf[: part.size], part, casting="unsafe")  # ids < V < 2^32
+        unigrams += np.bincount(buf[: part.size], minlength=unigrams.size)
 
 
 def _count_dtype(total: int):
@@ -270,19 +287,35 @@ def _host_workers() -> int:
     return max(1, min(cores, 8))
 
 
+def _fill_tails(key: np.ndarray, ends: np.ndarray, last: int, value) -> int:
+    """key[i] = value at every start i whose event (last offset `last`) passes the end of its
+    document: the last `last` starts of each document, the documents ending at `ends`
+    (ascending). One slice per document; returns how many starts were filled."""
+    lo = np.maximum(ends - (last - 1), np.concatenate(([0], ends[:-1] + 1)))
+    hi = np.minimum(ends + 1, key.size)
+    keep = lo < hi
+    lo, hi = lo[keep], hi[keep]
+    for a, b in zip(lo.tolist(), hi.tolist(), strict=True):
+        key[a:b] = value
+    return int((hi - lo).sum())
+
+
 def _numpy_tables(chunk: _Chunk, patterns, vocab_size: int) -> list[CountTable]:
     """Counts a chunk on the host, patterns spread over threads; each reuses its buffers."""
     n, dtype = chunk.starts, chunk.tokens.dtype
     base, sentinel = dtype.type(vocab_size), np.iinfo(dtype).max
     heads = {first for first, *_ in patterns if len(patterns) > 1}
     head = {f: chunk.tokens[f : f + n] * base for f in heads}  # t0·V, shared by pairs
+    ends = np.flatnonzero(chunk.remaining == 0)  # the last token of each document
+    if ends.size > _TAIL_SLICES:
+        ends = None  # many documents: mask the invalid starts instead
     scratch = threading.local()
 
     def one(offsets) -> CountTable:
         if not hasattr(scratch, "key"):
-            scratch.key = np.empty(n, dtype)
-            scratch.invalid, scratch.new = np.empty(n, bool), np.empty(n, bool)
-        key, invalid = scratch.key, scratch.invalid
+            scratch.key, scratch.new = np.empty(n, dtype), np.empty(n, bool)
+            scratch.invalid = np.empty(n, bool) if ends is None else None
+        key = scratch.key
         first, *rest = offsets  # key = (…(t0·V + t1)·V + t2)…, in place
         if not rest:
             np.copyto(key, chunk.tokens[first : first + n])
@@ -294,17 +327,23 @@ def _numpy_tables(chunk: _Chunk, patterns, vocab_size: int) -> list[CountTable]:
         for off in rest[1:]:
             key *= base
             key += chunk.tokens[off : off + n]
-        np.less(chunk.remaining[:n], offsets[-1], out=invalid)
+        # starts whose event passes its document's end get bin `space` (dense bincount) or
+        # the sentinel (it sorts after every key)
         space = vocab_size ** len(offsets)
-        if space <= min(_DENSE_LIMIT, max(n, 1 << 12)):  # dense bincount, invalid → bin `space`
-            np.copyto(key, dtype.type(space), where=invalid)
-            dense = np.bincount(key, minlength=space + 1)[:space]
-            nz = np.flatnonzero(dense)
-            return CountTable(nz.astype(dtype), dense[nz].astype(np.int32))
-        # sort in place; invalid starts carry the sentinel and sort to the end
-        np.copyto(key, sentinel, where=invalid)
-        key.sort()
-        return _run_lengths(key[: n - np.count_nonzero(invalid)], scratch.new)
+        dense = space <= min(_DENSE_LIMIT, max(n, 1 << 12))
+        fill = dtype.type(space) if dense else sentinel
+        if ends is None:
+            np.less(chunk.remaining[:n], offsets[-1], out=scratch.invalid)
+            np.copyto(key, fill, where=scratch.invalid)
+            dropped = int(np.count_nonzero(scratch.invalid))
+        else:
+            dropped = _fill_tails(key, ends, offsets[-1], fill)
+        if dense:
+            counts = np.bincount(key, minlength=space + 1)[:space]
+            nz = np.flatnonzero(counts)
+            return CountTable(nz.astype(dtype), counts[nz].astype(np.int32))
+        key.sort()  # in place; the sentinels sort to the end
+        return _run_lengths(key[: n - dropped], scratch.new)
 
     workers = min(len(patterns), _host_workers())
     if workers == 1 or n < 1 << 16:
@@ -480,10 +519,7 @@ def _count_local(
         except StopIteration as stop:
             tokens, documents = stop.value
             break
-        ids = chunk.tokens[: chunk.starts]
-        unigrams += np.bincount(
-            ids if ids.dtype == np.uint32 else ids.astype(np.intp), minlength=vocab_size
-        )
+        _add_unigrams(unigrams, chunk.tokens[: chunk.starts])
         if implementation == "numpy":
             tables = _numpy_tables(chunk, patterns, vocab_size)
         else:

@@ -109,11 +109,11 @@ def _check_stderr(y_stderr, size: int) -> np.ndarray:
 
 def _ols(u: np.ndarray, v: np.ndarray) -> tuple[float, float, float, float]:
     """OLS of v on u: (intercept, slope, slope stderr, residual std)."""
-    n = u.size
-    du = u - u.mean()
+    n, u_mean, v_mean = u.size, u.mean(), v.mean()
+    du = u - u_mean
     sxx = float(du @ du)
-    slope = float(du @ (v - v.mean()) / sxx)
-    intercept = float(v.mean() - slope * u.mean())
+    slope = float(du @ (v - v_mean) / sxx)
+    intercept = float(v_mean - slope * u_mean)
     resid = v - intercept - slope * u
     s2 = float(resid @ resid) / (n - 2)
     return intercept, slope, float(np.sqrt(s2 / sxx)), float(np.sqrt(s2))
@@ -589,8 +589,9 @@ def offset_profile(x, y, *, points: int = 241) -> OffsetProfile:
     def rstd(c: float) -> float:
         return _ols(lx, np.log(y - c))[3] * dof
 
-    resid = np.array([rstd(c) for c in grid])
-    slopes = np.array([_ols(lx, np.log(y - c))[1] for c in grid])
+    lines = [_ols(lx, np.log(y - c)) for c in grid]  # one OLS per grid point
+    resid = np.array([line[3] * dof for line in lines])
+    slopes = np.array([line[1] for line in lines])
     minima = []
     for i in range(grid.size):
         left = resid[i - 1] if i else np.inf

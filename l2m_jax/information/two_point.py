@@ -214,48 +214,76 @@ def _histogram_entropy(values: np.ndarray, mult: np.ndarray, method: str, bins: 
     return float(entropy_from_count_of_counts(values, mult, method, bins=bins).value)
 
 
+def _grassberger_table(counts: np.ndarray) -> np.ndarray | None:
+    """G(n) for n = 0 … max(counts) (G(0) is never used), or None when that table would be
+    much larger than `counts`. G is constant on pairs (2k, 2k + 1): one digamma per pair."""
+    top = int(counts.max())
+    if top > max(1 << 16, 4 * counts.size):
+        return None
+    half = _grassberger_g_np(2.0 * np.arange(top // 2 + 1, dtype=np.float64))
+    return np.repeat(half, 2)[: top + 1]
+
+
 def _one_distance(table, vocab: int, method: str, h_unigram) -> tuple[float, float, int]:
     """(Î, delta-method stderr, pairs) of one distance's pair table.
 
     The keys are sorted, so the first token is non-decreasing: its marginal and its G per
     pair come from run boundaries (no scatter), and only the second token needs a bincount.
+    Grassberger's entropies are sums over the pairs and the vocabulary; the other methods
+    take count-of-counts.
     """
     keys, counts = table.keys, table.counts
-    base = keys.dtype.type(vocab)
-    first = keys // base
-    second = keys - first * base
-    bounds = np.searchsorted(first, np.arange(vocab + 1, dtype=first.dtype))
+    heads = np.arange(vocab, dtype=keys.dtype) * keys.dtype.type(vocab)  # keys (a, 0)
+    bounds = np.append(np.searchsorted(keys, heads), keys.size)
     runs = np.diff(bounds)  # distinct pairs per first token
+    # the second token as intp: NumPy indexes and bincounts with intp without a copy
+    if keys.dtype == np.uint32:
+        second = keys.astype(np.intp)
+        second -= np.repeat(heads.astype(np.intp), runs)
+    else:  # V² may exceed the intp range
+        second = (keys - np.repeat(heads, runs)).astype(np.intp)
     occupied = runs > 0
     weights = counts.astype(np.float64)  # exact below 2^53
-    n_first = np.zeros(vocab, np.int64)
+    n_first = np.zeros(vocab)
     n_first[occupied] = np.add.reduceat(weights, bounds[:-1][occupied])
-    total = int(n_first.sum())
-    n_second = np.bincount(second, weights=weights, minlength=vocab).astype(np.int64)
-    hist = np.bincount(counts)
-    pair_values = np.flatnonzero(hist)
-    coc = [(pair_values, hist[pair_values])]
-    coc += [_count_of_counts(n) for n in (n_first, n_second)]
-    # Grassberger entropies of the three histograms: the centre of the delta method
-    h_g = [_histogram_entropy(v, m, "grassberger", 0) for v, m in coc]
-    mi_g = h_g[1] + h_g[2] - h_g[0]
-    if method == "grassberger" and h_unigram is None:
-        value = mi_g
+    total = float(n_first.sum())
+    n_second = np.bincount(second, weights=weights, minlength=vocab)
+    log_total = math.log(total)
+    # Grassberger's G per pair count and per marginal count (G(1) where a marginal is 0)
+    g_table = _grassberger_table(counts)
+    if g_table is not None:  # mode="clip" (all in range) takes without an index copy
+        g_pair = g_table.take(counts, out=np.empty(counts.size), mode="clip")
     else:
-        h_pair = _histogram_entropy(*coc[0], method, vocab * vocab)  # Python int: no overflow
-        if h_unigram is not None:
-            value = 2.0 * h_unigram - h_pair
-        else:
-            value = sum(_histogram_entropy(*c, method, vocab) for c in coc[1:]) - h_pair
+        g_pair = _grassberger_g_np(weights)
+    g_first = _grassberger_g_np(np.maximum(n_first, 1.0))
+    g_second = _grassberger_g_np(np.maximum(n_second, 1.0))
+    # Grassberger entropies (log N − Σ n G(n) / N), the centre of the delta method; pairwise
+    # sums (np.sum), as accurate as count-of-counts (np.dot's error reaches 5e-13 here)
+    h_pair_g = log_total - float((weights * g_pair).sum()) / total
+    h_first_g = log_total - float((n_first * g_first).sum()) / total
+    h_second_g = log_total - float((n_second * g_second).sum()) / total
+    mi_g = h_first_g + h_second_g - h_pair_g
+    if method == "grassberger":
+        h_pair = h_pair_g
+        h_marginals = h_first_g + h_second_g
+    else:
+        hist = np.bincount(counts)
+        pair_values = np.flatnonzero(hist)
+        h_pair = _histogram_entropy(pair_values, hist[pair_values], method, vocab * vocab)
+        if h_unigram is None:
+            h_marginals = sum(
+                _histogram_entropy(*_count_of_counts(n.astype(np.int64)), method, vocab)
+                for n in (n_first, n_second)
+            )
+    value = (2.0 * h_unigram if h_unigram is not None else h_marginals) - h_pair
     # (t(a, b) − Î)² with t = G(n_ab) − G(n_a) − G(n_b) + log N, built in place
-    lookup = np.zeros(pair_values[-1] + 1)
-    lookup[pair_values] = _grassberger_g_np(pair_values.astype(np.float64))
-    t = lookup[counts]
-    t -= np.repeat(_grassberger_g_np(np.maximum(n_first, 1).astype(np.float64)), runs)
-    t -= _grassberger_g_np(np.maximum(n_second, 1).astype(np.float64))[second]
-    t += math.log(total) - mi_g
+    g_first -= log_total - mi_g
+    t = g_pair
+    t -= np.repeat(g_first, runs)
+    t -= g_second.take(second)
     np.square(t, out=t)
-    return value, math.sqrt(float(np.dot(weights, t)) / total) / math.sqrt(total), total
+    t *= weights
+    return value, math.sqrt(float(t.sum()) / total) / math.sqrt(total), int(total)
 
 
 def two_point_estimates(
