@@ -565,9 +565,8 @@ def _auto_form(row) -> str:
 
     if _dispatch.platform() != "cpu":
         return "pallas"
-    if row["passes"] == "forward" or row["batch"] * row["seq_len"] * row["state_size"] <= (
-        api._CPU_AUTODIFF_MAX
-    ):
+    limit = api._CPU_SSD_AUTODIFF_MAX if row["kernel"] == "ssd" else api._CPU_AUTODIFF_MAX
+    if row["passes"] == "forward" or row["batch"] * row["seq_len"] * row["state_size"] <= limit:
         return "lax.scan (the same computation as the lax.scan row)"
     return "lax.scan forward keeping chunk start states; backward chunk by chunk in reverse"
 

@@ -446,11 +446,13 @@ def _new_and_old(config, params, tokens_BxL1, bf16_too):
     def grad(f, params, new_form=True):  # traced here: the kernels' forms are chosen at trace time
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(attention_api, "CPU_BLOCK", NEW_OLD_BLOCK)
-            if new_form:  # the chunk-boundary backward at any size (CPU: lax.scan's below 2^20)
+            if new_form:  # the chunk-boundary backward at any size (else lax.scan autodiff below)
                 mp.setattr(scan_api, "_CPU_AUTODIFF_MAX", 0)
+                mp.setattr(scan_api, "_CPU_SSD_AUTODIFF_MAX", 0)
                 mp.setattr(scan_api, "_CPU_SELECTIVE_CHUNK", NEW_OLD_BLOCK)
             else:  # the sequential reference scans, differentiated with all their residuals
                 mp.setattr(scan_api, "_CPU_AUTODIFF_MAX", float("inf"))
+                mp.setattr(scan_api, "_CPU_SSD_AUTODIFF_MAX", float("inf"))
             return jax.grad(f, has_aux=True)(params)
 
     bf16 = functools.partial(new, config=dataclasses.replace(config, dtype="bfloat16"))

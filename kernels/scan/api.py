@@ -27,11 +27,13 @@ __all__ = ["SSDBlocks", "SelectiveBlocks", "selective_scan", "ssd"]
 # `python -m benchmarks.scan --sections model`): up to _CPU_AUTODIFF_MAX elements of B·L·state
 # the sequential lax.scan with its own autodiff is fastest (its B·L·state residuals fit in
 # cache: gauss-mamba-z512 7.6 ms against 8.6-9.0 ms); above it, the chunk-boundary backward
-# (mamba-tiny 54 ms against 321 ms, mamba2-tiny 29 ms against 443 ms, gauss-mamba2 10.3 ms
-# against 12.4 ms), whose memory stays O(B·L/T·state). Chunks: 64 positions for the selective
+# (mamba-tiny 54 ms against 321 ms, mamba2-tiny 24 ms against 77 ms), whose memory stays
+# O(B·L/T·state). SSD's sequential autodiff stays faster up to 2^22 elements (gauss-mamba2,
+# 2^21: 9.2 ms against 11.7 ms on a quiet machine). Chunks: 64 positions for the selective
 # scan; 32 for SSD states up to _CPU_SSD_SMALL_STATE elements per sequence (faster there),
 # else 64 (fewer saved states for the large ones).
 _CPU_AUTODIFF_MAX = 2**20
+_CPU_SSD_AUTODIFF_MAX = 2**22
 _CPU_SELECTIVE_CHUNK = 64
 _CPU_SSD_SMALL_STATE = 16384
 # Accelerators, implementation="xla": chunks of associative scans for the selective scan.
@@ -267,7 +269,7 @@ def ssd(
         return lambda *a: _ssd_pallas(*a, b, target, interpret)
 
     h0 = jnp.zeros((Bsz, H, P, N), jnp.float32) if h0_BxHxPxN is None else h0_BxHxPxN
-    if Bsz * L * H * P * N <= _CPU_AUTODIFF_MAX:
+    if Bsz * L * H * P * N <= _CPU_SSD_AUTODIFF_MAX:
         cpu = lambda *a: reference.ssd_sequential(*a[:5], h0_BxHxPxN=a[5])
     else:
         T = 32 if H * P * N <= _CPU_SSD_SMALL_STATE else 64
