@@ -561,6 +561,19 @@ def _ssd_inputs(x, dt, A, Bm, Cm, blocks, target):
     return lay, lay.seq(x), dt4, cum4, dec4, lay.bc(Bm), lay.bc(Cm)
 
 
+def _chunk_scan_specs(lay):
+    """BlockSpecs of the chunk scan's inputs (x, dt, cum, B, C, chunk start states), shared by
+    the forward and the backward kernel."""
+    return [
+        lay.seq_spec(),
+        lay.vec_spec(),
+        lay.vec_spec(),
+        lay.bc_spec(),
+        lay.bc_spec(),
+        lay.states_spec(),
+    ]
+
+
 @functools.partial(jax.jit, static_argnames=("blocks", "target", "interpret"))
 def ssd_fwd(x, dt, A, Bm, Cm, h0, *, blocks, target, interpret):
     """SSD forward. Returns (y_BxLxHxP in x's dtype, final h float32, chunk start states
@@ -576,14 +589,7 @@ def ssd_fwd(x, dt, A, Bm, Cm, h0, *, blocks, target, interpret):
         functools.partial(_chunk_scan_kernel, lay=lay, target=target),
         out_shape=jax.ShapeDtypeStruct(x2.shape, x.dtype),
         grid=(lay.B, lay.nc, lay.nblk),
-        in_specs=[
-            lay.seq_spec(),
-            lay.vec_spec(),
-            lay.vec_spec(),
-            lay.bc_spec(),
-            lay.bc_spec(),
-            lay.states_spec(),
-        ],
+        in_specs=_chunk_scan_specs(lay),
         out_specs=lay.seq_spec(),
         compiler_params=_compiler_params(target, ("parallel",) * 3, blocks),
         interpret=interpret,
@@ -610,16 +616,7 @@ def ssd_bwd(x, dt, A, Bm, Cm, starts, gy, gh, *, blocks, target, interpret):
         functools.partial(_chunk_bwd_kernel, lay=lay, target=target),
         out_shape=[jax.ShapeDtypeStruct(x2.shape, x.dtype), vec_out, vec_out, part, part],
         grid=(lay.B, lay.nc, lay.nblk),
-        in_specs=[
-            lay.seq_spec(),
-            lay.vec_spec(),
-            lay.vec_spec(),
-            lay.bc_spec(),
-            lay.bc_spec(),
-            lay.states_spec(),
-            lay.seq_spec(),
-            lay.states_spec(),
-        ],
+        in_specs=[*_chunk_scan_specs(lay), lay.seq_spec(), lay.states_spec()],  # + dy, g_ends
         out_specs=[
             lay.seq_spec(),
             lay.vec_spec(),
