@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import math
+import threading
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -224,42 +225,98 @@ def _grassberger_table(counts: np.ndarray) -> np.ndarray | None:
     return np.repeat(half, 2)[: top + 1]
 
 
-def _one_distance(table, vocab: int, method: str, h_unigram) -> tuple[float, float, int]:
+_BLOCK = 1 << 17  # pairs per block of `_one_distance`: 1 MiB per float64 work array
+
+
+class _Scratch:
+    """Per-thread work arrays of `_one_distance` (one intp, two float64) for one block of
+    pairs, reused across blocks and distances."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.local = threading.local()
+
+    def arrays(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if not hasattr(self.local, "arrays"):
+            size = self.size
+            self.local.arrays = (np.empty(size, np.intp), np.empty(size), np.empty(size))
+        return tuple(a[:n] for a in self.local.arrays)
+
+
+def _blocks(bounds: np.ndarray, size: int):
+    """(first-token range, pair range) of blocks of about `_BLOCK` pairs that end where a
+    first token's run ends (`bounds[a]`: the first pair of token a, ascending)."""
+    cuts = np.searchsorted(bounds, np.arange(_BLOCK, size, _BLOCK))
+    tokens = np.unique(np.concatenate(([0], cuts, [bounds.size])))
+    pairs = np.append(bounds, size)[tokens]
+    for j in range(tokens.size - 1):
+        if pairs[j + 1] > pairs[j]:
+            yield slice(tokens[j], tokens[j + 1]), int(pairs[j]), int(pairs[j + 1])
+
+
+def _one_distance(table, vocab: int, method: str, h_unigram, scratch) -> tuple[float, float, int]:
     """(Î, delta-method stderr, pairs) of one distance's pair table.
 
-    The keys are sorted, so the first token is non-decreasing: its marginal and its G per
-    pair come from run boundaries (no scatter), and only the second token needs a bincount.
-    Grassberger's entropies are sums over the pairs and the vocabulary; the other methods
-    take count-of-counts.
+    The keys are sorted, so the first token is non-decreasing: its marginal and its sums per
+    first token come from run boundaries (reduceat, no scatter); the second token needs
+    bincounts. The step is memory-bound, so the pairs go in blocks of `_BLOCK` whose work
+    arrays stay in the core's cache, and the table is read twice: once for the marginals and
+    Grassberger's sums, once for the stderr's cross term. Sums over pairs of a function of
+    n_ab alone go through the count of counts; the stderr's Σ n t² is expanded into sums over
+    the vocabulary.
     """
     keys, counts = table.keys, table.counts
     heads = np.arange(vocab, dtype=keys.dtype) * keys.dtype.type(vocab)  # keys (a, 0)
-    bounds = np.append(np.searchsorted(keys, heads), keys.size)
-    runs = np.diff(bounds)  # distinct pairs per first token
-    # the second token as intp: NumPy indexes and bincounts with intp without a copy
-    if keys.dtype == np.uint32:
-        second = keys.astype(np.intp)
-        second -= np.repeat(heads.astype(np.intp), runs)
-    else:  # V² may exceed the intp range
-        second = (keys - np.repeat(heads, runs)).astype(np.intp)
-    occupied = runs > 0
-    weights = counts.astype(np.float64)  # exact below 2^53
-    n_first = np.zeros(vocab)
-    n_first[occupied] = np.add.reduceat(weights, bounds[:-1][occupied])
-    total = float(n_first.sum())
-    n_second = np.bincount(second, weights=weights, minlength=vocab)
-    log_total = math.log(total)
-    # Grassberger's G per pair count and per marginal count (G(1) where a marginal is 0)
+    bounds = np.searchsorted(keys, heads)
+    runs = np.diff(bounds, append=keys.size)  # distinct pairs per first token
+    heads_i = heads.astype(np.intp)
+    blocks = list(_blocks(bounds, keys.size))
     g_table = _grassberger_table(counts)
-    if g_table is not None:  # mode="clip" (all in range) takes without an index copy
-        g_pair = g_table.take(counts, out=np.empty(counts.size), mode="clip")
-    else:
-        g_pair = _grassberger_g_np(weights)
+    n_first, r_first, q_first = np.zeros(vocab), np.zeros(vocab), np.zeros(vocab)
+    n_second, r_second = np.zeros(vocab), np.zeros(vocab)
+    hist = np.zeros(int(counts.max()) + 1 if g_table is not None else 0, np.intp)
+    sum_ng = sum_ngg = 0.0
+
+    def block_setup(a, lo, hi):
+        """Work arrays of pairs lo:hi: (second token, n as float64, spare, run starts)."""
+        idx, w, f = scratch.arrays(hi - lo)
+        np.copyto(w, counts[lo:hi])  # exact below 2^53
+        occupied = runs[a] > 0
+        starts = bounds[a][occupied] - lo
+        return idx, w, f, occupied, starts
+
+    def second_token(idx, a, lo, hi):  # keys − a·V as intp (bincount/take index without a copy)
+        np.subtract(keys[lo:hi], np.repeat(heads_i[a], runs[a]), out=idx, casting="unsafe")
+
+    for a, lo, hi in blocks:
+        idx, w, f, occupied, starts = block_setup(a, lo, hi)
+        if g_table is not None:
+            np.copyto(idx, counts[lo:hi])
+            part = np.bincount(idx)
+            hist[: part.size] += part
+            g_table.take(idx, out=f, mode="clip")  # in range: "clip" takes without a copy
+        else:
+            f[:] = _grassberger_g_np(w)
+            sum_ng += float((w * f).sum())
+            sum_ngg += float((w * f * f).sum())
+        f *= w  # n G(n) per pair
+        second_token(idx, a, lo, hi)
+        n_first[a][occupied] = np.add.reduceat(w, starts)
+        r_first[a][occupied] = np.add.reduceat(f, starts)  # Σ_b n G(n) per first token
+        n_second += np.bincount(idx, weights=w, minlength=vocab)
+        r_second += np.bincount(idx, weights=f, minlength=vocab)  # Σ_a n G(n) per second
+    if g_table is not None:
+        values = np.flatnonzero(hist)
+        g_values = g_table[values]
+        m = hist[values] * values.astype(np.float64)
+        sum_ng, sum_ngg = float((m * g_values).sum()), float((m * g_values**2).sum())
+    total = float(n_first.sum())
+    log_total = math.log(total)
+    # Grassberger's G per marginal count (G(1) where a marginal is 0)
     g_first = _grassberger_g_np(np.maximum(n_first, 1.0))
     g_second = _grassberger_g_np(np.maximum(n_second, 1.0))
-    # Grassberger entropies (log N − Σ n G(n) / N), the centre of the delta method; pairwise
-    # sums (np.sum), as accurate as count-of-counts (np.dot's error reaches 5e-13 here)
-    h_pair_g = log_total - float((weights * g_pair).sum()) / total
+    # Grassberger entropies (log N − Σ n G(n) / N), the centre of the delta method
+    h_pair_g = log_total - sum_ng / total
     h_first_g = log_total - float((n_first * g_first).sum()) / total
     h_second_g = log_total - float((n_second * g_second).sum()) / total
     mi_g = h_first_g + h_second_g - h_pair_g
@@ -267,23 +324,35 @@ def _one_distance(table, vocab: int, method: str, h_unigram) -> tuple[float, flo
         h_pair = h_pair_g
         h_marginals = h_first_g + h_second_g
     else:
-        hist = np.bincount(counts)
-        pair_values = np.flatnonzero(hist)
-        h_pair = _histogram_entropy(pair_values, hist[pair_values], method, vocab * vocab)
+        if g_table is None:
+            hist = np.bincount(counts)
+            values = np.flatnonzero(hist)
+        h_pair = _histogram_entropy(values, hist[values], method, vocab * vocab)
         if h_unigram is None:
             h_marginals = sum(
                 _histogram_entropy(*_count_of_counts(n.astype(np.int64)), method, vocab)
                 for n in (n_first, n_second)
             )
     value = (2.0 * h_unigram if h_unigram is not None else h_marginals) - h_pair
-    # (t(a, b) − Î)² with t = G(n_ab) − G(n_a) − G(n_b) + log N, built in place
+    # Σ n t² with t(a, b) = G(n_ab) − G'(n_a) − G(n_b), G' = G − (log N − Î): the square
+    # expanded, each term a sum over the vocabulary; the cross term Σ n G'(n_a) G(n_b) takes
+    # the second read (t has mean 0 and |t| ≲ 20, so the expansion keeps ~12 digits)
     g_first -= log_total - mi_g
-    t = g_pair
-    t -= np.repeat(g_first, runs)
-    t -= g_second.take(second)
-    np.square(t, out=t)
-    t *= weights
-    return value, math.sqrt(float(t.sum()) / total) / math.sqrt(total), int(total)
+    for a, lo, hi in blocks:
+        idx, w, f, occupied, starts = block_setup(a, lo, hi)
+        second_token(idx, a, lo, hi)
+        g_second.take(idx, out=f, mode="clip")
+        f *= w
+        q_first[a][occupied] = np.add.reduceat(f, starts)  # Σ_b n G(n_b) per first token
+    # NumPy's pairwise sums, not `@`: BLAS's threads would spin on the cores that the other
+    # distances run on
+    sum_nt2 = sum_ngg + float(
+        (
+            g_first * (n_first * g_first + 2.0 * q_first - 2.0 * r_first)
+            + g_second * (n_second * g_second - 2.0 * r_second)
+        ).sum()
+    )
+    return value, math.sqrt(max(sum_nt2, 0.0) / total) / math.sqrt(total), int(total)
 
 
 def two_point_estimates(
@@ -302,12 +371,14 @@ def two_point_estimates(
     if marginals == "unigrams":
         h_unigram = _histogram_entropy(*_count_of_counts(counts.unigrams), method, vocab)
     tables = counts.tables
+    scratch = _Scratch(min(max(t.keys.size for t in tables), 2 * _BLOCK + vocab))
+    one = lambda t: _one_distance(t, vocab, method, h_unigram, scratch)
     workers = min(len(tables), _host_workers())
     if workers > 1 and sum(t.keys.size for t in tables) >= 1 << 20:  # NumPy releases the GIL
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-            per_d = list(pool.map(lambda t: _one_distance(t, vocab, method, h_unigram), tables))
+            per_d = list(pool.map(one, tables))
     else:
-        per_d = [_one_distance(t, vocab, method, h_unigram) for t in tables]
+        per_d = [one(t) for t in tables]
     mi, stderr, pairs = (np.array(v) for v in zip(*per_d, strict=True))
     return TwoPointEstimates(mi, stderr, pairs.astype(np.int64))
 
