@@ -371,3 +371,28 @@ def test_shift_surrogate_pairs_each_token_with_a_far_one():
                 want[int(doc[i]) * 9 + int(doc[(i + e) % doc.size])] += 1
         assert dict(zip(table.keys.tolist(), table.counts.tolist(), strict=True)) == want
     np.testing.assert_array_equal(got.unigrams, np.bincount(np.concatenate(docs), minlength=9))
+
+
+def test_estimates_while_counting_equal_counting_then_estimating():
+    """One host chunk: each distance is estimated in the pool while the others are counted;
+    the result is that of `count_pairs` then `two_point_estimates`, bit for bit, and so is a
+    corpus counted in several chunks (which estimates after merging)."""
+    rng = np.random.default_rng(11)
+    docs = [rng.zipf(1.3, n).clip(max=3999) for n in (90_000, 60_000, 50_000)]
+    distances = (1, 2, 5, 17, 300)
+    for chunk_tokens in (1 << 24, 1 << 15):
+        counts = count_pairs(docs, distances, 4000, chunk_tokens=chunk_tokens, progress=False)
+        for marginals in ("unigrams", "pairs"):
+            want = two_point_estimates(counts, marginals=marginals)
+            got = two_point_mi(
+                docs,
+                distances,
+                4000,
+                marginals=marginals,
+                surrogate=None,
+                chunk_tokens=chunk_tokens,
+                progress=False,
+            )
+            np.testing.assert_array_equal(got.mi_raw, want.mi)
+            np.testing.assert_array_equal(got.stderr, want.stderr)
+            np.testing.assert_array_equal(got.pairs, want.pairs)

@@ -173,13 +173,16 @@ def _joined(pieces: list[np.ndarray], dtype) -> np.ndarray:
     return np.concatenate(pieces, dtype=dtype, casting="unsafe")
 
 
-def _chunks(docs: Iterable, vocab_size: int, key_dtype, chunk: int, halo: int) -> Iterator:
-    """Yields `_Chunk`s covering every start position once; returns (tokens, documents)."""
+def _chunks(
+    docs: Iterable, vocab_size: int, key_dtype, chunk: int, halo: int, checked: bool = False
+) -> Iterator:
+    """Yields `_Chunk`s covering every start position once; returns (tokens, documents).
+    `checked`: the documents passed `_check_document` already (a materialised list)."""
     buf_tok: list[np.ndarray] = []
     buf_rem: list[np.ndarray] = []
     size = tokens = documents = 0
     for i, doc in enumerate(docs):
-        doc = _check_document(doc, vocab_size, i)
+        doc = doc if checked else _check_document(doc, vocab_size, i)
         n = doc.size
         if n == 0:
             continue
@@ -300,8 +303,9 @@ def _fill_tails(key: np.ndarray, ends: np.ndarray, last: int, value) -> int:
     return int((hi - lo).sum())
 
 
-def _numpy_tables(chunk: _Chunk, patterns, vocab_size: int) -> list[CountTable]:
-    """Counts a chunk on the host, patterns spread over threads; each reuses its buffers."""
+def _numpy_tables(chunk: _Chunk, patterns, vocab_size: int, then=None) -> list:
+    """Counts a chunk on the host, patterns spread over threads; each reuses its buffers.
+    With `then`, returns (table, then(table)) per pattern, run as in `_pipelined`."""
     n, dtype = chunk.starts, chunk.tokens.dtype
     base, sentinel = dtype.type(vocab_size), np.iinfo(dtype).max
     heads = {first for first, *_ in patterns if len(patterns) > 1}
@@ -346,10 +350,68 @@ def _numpy_tables(chunk: _Chunk, patterns, vocab_size: int) -> list[CountTable]:
         return _run_lengths(key[: n - dropped], scratch.new)
 
     workers = min(len(patterns), _host_workers())
+    if then is not None:
+        count = lambda k: one(patterns[k])
+        if workers == 1 or n < 1 << 16:
+            return [(t, then(t)) for t in map(count, range(len(patterns)))]
+        return _pipelined(count, then, len(patterns), workers)
     if workers == 1 or n < 1 << 16:
         return [one(p) for p in patterns]
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
         return list(pool.map(one, patterns))
+
+
+def _after_unigrams(then, unigrams: np.ndarray, chunk: _Chunk):
+    """`then(unigrams)` as a function of a table, made on its first call, once the chunk's
+    unigrams are added: in a worker, beside the first counts, not before them."""
+    lock, made = threading.Lock(), []
+
+    def fn(table):
+        with lock:
+            if not made:
+                _add_unigrams(unigrams, chunk.tokens[: chunk.starts])
+                made.append(then(unigrams))
+        return made[0](table)
+
+    return fn
+
+
+def _pipelined(count, then, n: int, workers: int) -> list:
+    """[(t_k, then(t_k)) for k < n] with t_k = count(k), on `workers` threads. While counts
+    remain, at most one thread runs `then`: a count (a sort) is compute-bound and the
+    estimates that follow it memory-bound, so one of each side by side beats two of either."""
+    out: list = [None] * n
+    lock = threading.Lock()
+    todo = list(range(n - 1, -1, -1))  # popped from the end: in order
+    ready: list = []  # (k, table): counted, waiting for `then`
+    busy = 0  # threads in `then`
+
+    def worker():
+        nonlocal busy
+        while True:
+            with lock:
+                if ready and (busy == 0 or not todo):
+                    k, table = ready.pop(0)
+                    busy += 1
+                elif todo:
+                    k, table = todo.pop(), None
+                else:
+                    return
+            if table is None:
+                table = count(k)
+                with lock:
+                    ready.append((k, table))
+                continue
+            try:
+                out[k] = (table, then(table))
+            finally:
+                with lock:
+                    busy -= 1
+
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        for future in [pool.submit(worker) for _ in range(workers)]:
+            future.result()
+    return out
 
 
 def _xla_shard(tok_1xW, rem_1xW, offsets_KxA, *, starts: int, vocab_size: int, packed: bool):
@@ -443,13 +505,14 @@ def _count(tokens_or_docs, patterns, vocab_size, **options):
         docs, vocab, _ = _resolve(tokens_or_docs, vocab_size)
     if vocab_size is None:  # inferred: the largest id of any process
         vocab = int(np.concatenate(distributed.gather_arrays(np.array([vocab]))).max())
+    options["then"] = None  # the tables change once summed over the processes
     with distributed.agreed_errors():
-        tables, _, unigrams, tokens, documents = _count_local(docs, patterns, vocab, **options)
+        tables, _, unigrams, tokens, documents, _ = _count_local(docs, patterns, vocab, **options)
     key_dtype = _key_dtype(vocab, len(patterns[0]))
     tables, unigrams, tokens, documents = _across_processes(
         tables, unigrams, tokens, documents, key_dtype
     )
-    return tables, vocab, unigrams, tokens, documents
+    return tables, vocab, unigrams, tokens, documents, None
 
 
 def _across_processes(tables, unigrams, tokens: int, documents: int, key_dtype):
@@ -481,8 +544,19 @@ def sum_pair_counts(counts: PairCounts) -> PairCounts:
 
 
 def _count_local(
-    tokens_or_docs, patterns, vocab_size, *, chunk_tokens, implementation, devices, progress
+    tokens_or_docs,
+    patterns,
+    vocab_size,
+    *,
+    chunk_tokens,
+    implementation,
+    devices,
+    progress,
+    then=None,
 ):
+    """(tables, V, unigrams, tokens, documents, results): `then`, if given, makes from the
+    unigrams a function of a pattern's final table, and results are its values per pattern,
+    computed while the other patterns count where the input is one host chunk (else None)."""
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
     if implementation == "auto":
@@ -508,22 +582,31 @@ def _count_local(
         chunk_tokens = per_device * len(devices)
     accumulators = [_Accumulator() for _ in patterns]
     unigrams = np.zeros(vocab_size, np.int64)
+    results = None
+    one_chunk = then is not None and total is not None and total <= chunk_tokens
 
     from tqdm.auto import tqdm
 
     bar = tqdm(total=total, unit="tok", unit_scale=True, delay=2.0, disable=not progress)
-    stream = _chunks(docs, vocab_size, key_dtype, int(chunk_tokens), halo)
+    stream = _chunks(docs, vocab_size, key_dtype, int(chunk_tokens), halo, total is not None)
     while True:
         try:
             chunk = next(stream)
         except StopIteration as stop:
             tokens, documents = stop.value
             break
-        _add_unigrams(unigrams, chunk.tokens[: chunk.starts])
-        if implementation == "numpy":
-            tables = _numpy_tables(chunk, patterns, vocab_size)
+        if implementation == "numpy" and one_chunk:  # the unigrams and tables are final
+            then_fn = _after_unigrams(then, unigrams, chunk)
+            pairs = _numpy_tables(chunk, patterns, vocab_size, then_fn)
+            tables, results = [t for t, _ in pairs], [r for _, r in pairs]
         else:
-            tables = _xla_tables(chunk, patterns, vocab_size, devices, per_device, halo, key_dtype)
+            _add_unigrams(unigrams, chunk.tokens[: chunk.starts])
+            if implementation == "numpy":
+                tables = _numpy_tables(chunk, patterns, vocab_size)
+            else:
+                tables = _xla_tables(
+                    chunk, patterns, vocab_size, devices, per_device, halo, key_dtype
+                )
         for acc, table in zip(accumulators, tables, strict=True):
             acc.add(table)
         bar.update(chunk.starts)
@@ -532,7 +615,7 @@ def _count_local(
         CountTable(t.keys.astype(key_dtype, copy=False), t.counts)
         for t in (acc.flush() for acc in accumulators)
     )
-    return tables, vocab_size, unigrams, tokens, documents
+    return tables, vocab_size, unigrams, tokens, documents, results
 
 
 def _check_distances(distances) -> tuple[int, ...]:
@@ -572,17 +655,24 @@ def count_pairs(
       devices: devices the "xla" path shards each chunk over (default: all local devices).
       progress: show a progress bar for runs longer than 2 s.
     """
-    distances = _check_distances(distances)
-    tables, vocab_size, unigrams, tokens, documents = _count(
+    return _count_pairs(
         tokens_or_docs,
-        [(0, d) for d in distances],
+        distances,
         vocab_size,
         chunk_tokens=chunk_tokens,
         implementation=implementation,
         devices=devices,
         progress=progress,
+    )[0]
+
+
+def _count_pairs(tokens_or_docs, distances, vocab_size, **options) -> tuple[PairCounts, list]:
+    """`count_pairs` and the results of `then` (see `_count_local`; None where not run)."""
+    distances = _check_distances(distances)
+    tables, vocab_size, unigrams, tokens, documents, results = _count(
+        tokens_or_docs, [(0, d) for d in distances], vocab_size, **options
     )
-    return PairCounts(distances, vocab_size, tables, unigrams, tokens, documents)
+    return PairCounts(distances, vocab_size, tables, unigrams, tokens, documents), results
 
 
 def count_ngrams(

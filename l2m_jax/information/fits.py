@@ -589,9 +589,13 @@ def offset_profile(x, y, *, points: int = 241) -> OffsetProfile:
     def rstd(c: float) -> float:
         return _ols(lx, np.log(y - c))[3] * dof
 
-    lines = [_ols(lx, np.log(y - c)) for c in grid]  # one OLS per grid point
-    resid = np.array([line[3] * dof for line in lines])
-    slopes = np.array([line[1] for line in lines])
+    # the OLS of log(y − c) on log x at every grid point at once (`_ols`, vectorised)
+    v_GxX = np.log(y[None, :] - grid[:, None])
+    du = lx - lx.mean()
+    v_mean = v_GxX.mean(axis=1)
+    slopes = ((v_GxX - v_mean[:, None]) * du).sum(axis=1) / float((du * du).sum())
+    fitted = (v_mean - slopes * lx.mean())[:, None] + slopes[:, None] * lx
+    resid = np.sqrt(((v_GxX - fitted) ** 2).sum(axis=1) / (x.size - 2)) * dof
     minima = []
     for i in range(grid.size):
         left = resid[i - 1] if i else np.inf

@@ -68,6 +68,7 @@ from l2m_jax.information.counting import (
     CountTable,
     PairCounts,
     _as_documents,
+    _count_pairs,
     _host_workers,
     _key_dtype,
     _run_lengths,
@@ -355,32 +356,53 @@ def _one_distance(table, vocab: int, method: str, h_unigram, scratch) -> tuple[f
     return value, math.sqrt(max(sum_nt2, 0.0) / total) / math.sqrt(total), int(total)
 
 
+def _estimator(unigrams: np.ndarray, marginals: str, method: str, largest: int | None = None):
+    """The estimate of one distance's table (None for an empty one), for tables of at most
+    `largest` distinct pairs (None: any); the unigram entropy and the work arrays are shared."""
+    vocab = unigrams.size
+    h_unigram = None
+    if marginals == "unigrams":
+        h_unigram = _histogram_entropy(*_count_of_counts(unigrams), method, vocab)
+    scratch = _Scratch(_BLOCK + vocab if largest is None else min(largest, _BLOCK + vocab))
+    return lambda t: _one_distance(t, vocab, method, h_unigram, scratch) if t.keys.size else None
+
+
+def _gathered(counts: PairCounts, per_d: list) -> TwoPointEstimates:
+    for d, one in zip(counts.distances, per_d, strict=True):
+        if one is None:
+            raise ValueError(
+                f"no pairs at distance {d}: every document is shorter than {d + 1} tokens; "
+                "drop that distance (or pass longer documents)"
+            )
+    mi, stderr, pairs = (np.array(v) for v in zip(*per_d, strict=True))
+    return TwoPointEstimates(mi, stderr, pairs.astype(np.int64))
+
+
 def two_point_estimates(
     counts: PairCounts, *, marginals: str = "unigrams", method: str = "grassberger"
 ) -> TwoPointEstimates:
     """Î_TP(d) and its delta-method stderr at every distance of `count_pairs` output."""
     _check_options(marginals, None, method)
-    for d, table in zip(counts.distances, counts.tables, strict=True):
-        if table.keys.size == 0:
-            raise ValueError(
-                f"no pairs at distance {d}: every document is shorter than {d + 1} tokens; "
-                "drop that distance (or pass longer documents)"
-            )
-    vocab = counts.vocab_size
-    h_unigram = None
-    if marginals == "unigrams":
-        h_unigram = _histogram_entropy(*_count_of_counts(counts.unigrams), method, vocab)
     tables = counts.tables
-    scratch = _Scratch(min(max(t.keys.size for t in tables), 2 * _BLOCK + vocab))
-    one = lambda t: _one_distance(t, vocab, method, h_unigram, scratch)
+    one = _estimator(counts.unigrams, marginals, method, max(t.keys.size for t in tables))
     workers = min(len(tables), _host_workers())
     if workers > 1 and sum(t.keys.size for t in tables) >= 1 << 20:  # NumPy releases the GIL
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
             per_d = list(pool.map(one, tables))
     else:
         per_d = [one(t) for t in tables]
-    mi, stderr, pairs = (np.array(v) for v in zip(*per_d, strict=True))
-    return TwoPointEstimates(mi, stderr, pairs.astype(np.int64))
+    return _gathered(counts, per_d)
+
+
+def _counted_estimates(tokens_or_docs, distances, vocab_size, marginals, method, count_kw):
+    """(`count_pairs`, `two_point_estimates` of it); where the corpus is one host chunk, each
+    distance is estimated while the others are counted (counting's `_pipelined`)."""
+    _check_options(marginals, None, method)
+    then = lambda unigrams: _estimator(unigrams, marginals, method)
+    counts, per_d = _count_pairs(tokens_or_docs, distances, vocab_size, then=then, **count_kw)
+    if per_d is None:
+        return counts, two_point_estimates(counts, marginals=marginals, method=method)
+    return counts, _gathered(counts, per_d)
 
 
 # ------------------------------------------------------------------------------ surrogates
@@ -735,15 +757,22 @@ def two_point_mi(
     )
     options = (marginals, surrogate, method)
     if surrogate is None and not bootstrap:  # one streaming pass
-        counts = count_pairs(tokens_or_docs, distances, vocab_size, **count_kw)
-        return two_point_mi_from_counts(
-            counts, marginals=marginals, method=method, fit_range=fit_range
+        counts, raw = _counted_estimates(
+            tokens_or_docs, distances, vocab_size, marginals, method, count_kw
+        )
+        return _assemble(
+            np.asarray(counts.distances, np.int64),
+            raw,
+            [],
+            counts.tokens,
+            counts.documents,
+            options,
+            fit_range,
         )
     docs = _as_documents(tokens_or_docs)
     docs = [np.asarray(d) for d in docs]
-    counts = count_pairs(docs, distances, vocab_size, **count_kw)
+    counts, raw = _counted_estimates(docs, distances, vocab_size, marginals, method, count_kw)
     vocab = counts.vocab_size
-    raw = two_point_estimates(counts, marginals=marginals, method=method)
     distances_K = np.asarray(counts.distances, np.int64)
     tokens, documents = counts.tokens, counts.documents
     del counts  # the tables of one corpus can be large (8 bytes per distinct pair)
