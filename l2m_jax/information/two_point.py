@@ -230,18 +230,24 @@ _BLOCK = 1 << 17  # pairs per block of `_one_distance`: 1 MiB per float64 work a
 
 
 class _Scratch:
-    """Per-thread work arrays of `_one_distance` (one intp, two float64) for one block of
-    pairs, reused across blocks and distances."""
+    """Per-thread work arrays of `_one_distance` (intp, float64, float64, and a uint64 one
+    viewed in the keys' dtype) for one block of pairs, reused across blocks and distances."""
 
     def __init__(self, size: int):
         self.size = size
         self.local = threading.local()
 
-    def arrays(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def arrays(self, n: int, key_dtype) -> tuple[np.ndarray, ...]:
         if not hasattr(self.local, "arrays"):
             size = self.size
-            self.local.arrays = (np.empty(size, np.intp), np.empty(size), np.empty(size))
-        return tuple(a[:n] for a in self.local.arrays)
+            self.local.arrays = (
+                np.empty(size, np.intp),
+                np.empty(size),
+                np.empty(size),
+                np.empty(size, np.uint64),
+            )
+        idx, w, f, keys = self.local.arrays
+        return idx[:n], w[:n], f[:n], keys.view(key_dtype)[:n]
 
 
 def _blocks(bounds: np.ndarray, size: int):
@@ -267,30 +273,33 @@ def _one_distance(table, vocab: int, method: str, h_unigram, scratch) -> tuple[f
     the vocabulary.
     """
     keys, counts = table.keys, table.counts
-    heads = np.arange(vocab, dtype=keys.dtype) * keys.dtype.type(vocab)  # keys (a, 0)
-    bounds = np.searchsorted(keys, heads)
+    base = keys.dtype.type(vocab)
+    bounds = np.searchsorted(keys, np.arange(vocab, dtype=keys.dtype) * base)  # keys (a, 0)
     runs = np.diff(bounds, append=keys.size)  # distinct pairs per first token
-    heads_i = heads.astype(np.intp)
     blocks = list(_blocks(bounds, keys.size))
     g_table = _grassberger_table(counts)
     n_first, r_first, q_first = np.zeros(vocab), np.zeros(vocab), np.zeros(vocab)
     n_second, r_second = np.zeros(vocab), np.zeros(vocab)
-    hist = np.zeros(int(counts.max()) + 1 if g_table is not None else 0, np.intp)
+    hist = np.zeros(0 if g_table is None else g_table.size, np.intp)  # G(0…max count)
     sum_ng = sum_ngg = 0.0
 
     def block_setup(a, lo, hi):
-        """Work arrays of pairs lo:hi: (second token, n as float64, spare, run starts)."""
-        idx, w, f = scratch.arrays(hi - lo)
+        """Work arrays of pairs lo:hi: (index, n as float64, spare, run starts)."""
+        idx, w, f, key = scratch.arrays(hi - lo, keys.dtype)
         np.copyto(w, counts[lo:hi])  # exact below 2^53
         occupied = runs[a] > 0
         starts = bounds[a][occupied] - lo
-        return idx, w, f, occupied, starts
+        return idx, w, f, key, occupied, starts
 
-    def second_token(idx, a, lo, hi):  # keys − a·V as intp (bincount/take index without a copy)
-        np.subtract(keys[lo:hi], np.repeat(heads_i[a], runs[a]), out=idx, casting="unsafe")
+    def second_token(idx, key, lo, hi):
+        """idx = keys mod V as intp (bincount and take index with intp without a copy), by a
+        division by a constant (np.repeat of the first tokens would hold the GIL)."""
+        np.floor_divide(keys[lo:hi], base, out=key)
+        np.multiply(key, base, out=key)
+        np.subtract(keys[lo:hi], key, out=idx, casting="unsafe")
 
     for a, lo, hi in blocks:
-        idx, w, f, occupied, starts = block_setup(a, lo, hi)
+        idx, w, f, key, occupied, starts = block_setup(a, lo, hi)
         if g_table is not None:
             np.copyto(idx, counts[lo:hi])
             part = np.bincount(idx)
@@ -301,7 +310,7 @@ def _one_distance(table, vocab: int, method: str, h_unigram, scratch) -> tuple[f
             sum_ng += float((w * f).sum())
             sum_ngg += float((w * f * f).sum())
         f *= w  # n G(n) per pair
-        second_token(idx, a, lo, hi)
+        second_token(idx, key, lo, hi)
         n_first[a][occupied] = np.add.reduceat(w, starts)
         r_first[a][occupied] = np.add.reduceat(f, starts)  # Σ_b n G(n) per first token
         n_second += np.bincount(idx, weights=w, minlength=vocab)
@@ -340,8 +349,8 @@ def _one_distance(table, vocab: int, method: str, h_unigram, scratch) -> tuple[f
     # the second read (t has mean 0 and |t| ≲ 20, so the expansion keeps ~12 digits)
     g_first -= log_total - mi_g
     for a, lo, hi in blocks:
-        idx, w, f, occupied, starts = block_setup(a, lo, hi)
-        second_token(idx, a, lo, hi)
+        idx, w, f, key, occupied, starts = block_setup(a, lo, hi)
+        second_token(idx, key, lo, hi)
         g_second.take(idx, out=f, mode="clip")
         f *= w
         q_first[a][occupied] = np.add.reduceat(f, starts)  # Σ_b n G(n_b) per first token
