@@ -159,3 +159,26 @@ def test_many_short_documents_match_counter():
         np.testing.assert_array_equal(
             got.unigrams, np.bincount(np.concatenate(docs), minlength=300)
         )
+
+
+def test_pair_marginals_are_the_histograms_of_each_pairs_tokens():
+    """`_pair_marginals` (the unigrams less each document's edges, by distance band) equals
+    the histogram of the first and of the second token over the pairs at every distance, for
+    documents longer than the largest distance, shorter ones and single tokens; it declines
+    patterns that are not pairs (0, d)."""
+    from l2m_jax.information.counting import _Chunk, _chunks, _pair_marginals
+
+    rng = np.random.default_rng(5)
+    vocab_size, distances = 50, (1, 3, 4, 30, 64)
+    lengths = (200, 64, 65, 63, 1, 30, 31, 2, 500, 7)
+    docs = [rng.integers(0, vocab_size, n).astype(np.int32) for n in lengths]
+    chunk = next(_chunks(docs, vocab_size, np.uint32, 1 << 20, max(distances)))
+    assert isinstance(chunk, _Chunk) and chunk.starts == sum(lengths)  # one chunk: every doc
+    unigrams = np.bincount(np.concatenate(docs), minlength=vocab_size)
+    first, second = _pair_marginals(chunk, [(0, d) for d in distances], unigrams)
+    for k, d in enumerate(distances):
+        pairs = [(doc[:-d], doc[d:]) for doc in docs if doc.size > d]
+        for got, part in ((first[k], 0), (second[k], 1)):
+            want = np.bincount(np.concatenate([p[part] for p in pairs]), minlength=vocab_size)
+            np.testing.assert_array_equal(got, want, err_msg=f"d={d}, token {part}")
+    assert _pair_marginals(chunk, [(0, 1, 2)], unigrams) == (None, None)

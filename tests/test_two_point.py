@@ -378,7 +378,7 @@ def test_estimates_while_counting_equal_counting_then_estimating():
     the result is that of `count_pairs` then `two_point_estimates`, bit for bit, and so is a
     corpus counted in several chunks (which estimates after merging)."""
     rng = np.random.default_rng(11)
-    docs = [rng.zipf(1.3, n).clip(max=3999) for n in (90_000, 60_000, 50_000)]
+    docs = [rng.zipf(1.3, n).clip(max=3999) for n in (90_000, 60_000, 50_000, 120, 1)]
     distances = (1, 2, 5, 17, 300)
     for chunk_tokens in (1 << 24, 1 << 15):
         counts = count_pairs(docs, distances, 4000, chunk_tokens=chunk_tokens, progress=False)

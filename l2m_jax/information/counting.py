@@ -307,7 +307,7 @@ def _fill_tails(key: np.ndarray, ends: np.ndarray, last: int, value) -> int:
 
 def _numpy_tables(chunk: _Chunk, patterns, vocab_size: int, then=None) -> list:
     """Counts a chunk on the host, patterns spread over threads; each reuses its buffers.
-    With `then`, returns (table, then(table)) per pattern, run as in `_pipelined`."""
+    With `then`, returns (table, then(k, table)) per pattern k, run as in `_pipelined`."""
     n, dtype = chunk.starts, chunk.tokens.dtype
     base, sentinel = dtype.type(vocab_size), np.iinfo(dtype).max
     heads = {first for first, *_ in patterns if len(patterns) > 1}
@@ -355,7 +355,7 @@ def _numpy_tables(chunk: _Chunk, patterns, vocab_size: int, then=None) -> list:
     if then is not None:
         count = lambda k: one(patterns[k])
         if workers == 1 or n < 1 << 16:
-            return [(t, then(t)) for t in map(count, range(len(patterns)))]
+            return [(t, then(k, t)) for k, t in enumerate(map(count, range(len(patterns))))]
         return _pipelined(count, then, len(patterns), workers)
     if workers == 1 or n < 1 << 16:
         return [one(p) for p in patterns]
@@ -363,23 +363,69 @@ def _numpy_tables(chunk: _Chunk, patterns, vocab_size: int, then=None) -> list:
         return list(pool.map(one, patterns))
 
 
-def _after_unigrams(then, unigrams: np.ndarray, chunk: _Chunk):
-    """`then(unigrams)` as a function of a table, made on its first call, once the chunk's
-    unigrams are added: in a worker, beside the first counts, not before them."""
+def _after_unigrams(then, unigrams: np.ndarray, chunk: _Chunk, patterns):
+    """`then(unigrams, first, second)` (`_pair_marginals`) as a function of (k, table), made
+    on its first call, once the chunk's unigrams are added: in a worker, beside the first
+    counts, not before them."""
     lock, made = threading.Lock(), []
 
-    def fn(table):
+    def fn(k, table):
         with lock:
             if not made:
                 _add_unigrams(unigrams, chunk.tokens[: chunk.starts])
-                made.append(then(unigrams))
-        return made[0](table)
+                made.append(then(unigrams, *_pair_marginals(chunk, patterns, unigrams)))
+        return made[0](k, table)
 
     return fn
 
 
+_MARGINALS_LIMIT = 1 << 24  # entries of each [K, V] marginal table `_pair_marginals` makes
+
+
+def _pair_marginals(chunk: _Chunk, patterns, unigrams: np.ndarray):
+    """([K, V], [K, V]) int64: how often each token is the first and the second token of a
+    pair at each distance d_k, for pair patterns (0, d_k) ascending over a chunk that holds
+    whole documents; (None, None) for other patterns or when the tables would be large.
+
+    At distance d no pair starts at one of the last d tokens of a document and none ends at
+    one of its first d, so the marginals are the unigrams less the histograms of those
+    edges. Each edge token is counted once, in the band of distances that first exclude it
+    (offset p from the start or the end: the d_k > p), and the bands are summed up."""
+    distances = np.array([p[-1] for p in patterns])
+    vocab = unigrams.size
+    if any(len(p) != 2 or p[0] != 0 for p in patterns) or distances.size * vocab > _MARGINALS_LIMIT:
+        return None, None
+    tokens, halo = chunk.tokens[: chunk.starts], int(distances[-1])
+    ends = np.flatnonzero(chunk.remaining[: chunk.starts] == 0)  # every document's last token
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    lengths = ends - starts + 1
+    bands = np.concatenate(([0], distances))  # offsets bands[k] ≤ p < bands[k + 1]: band k
+    heads, tails = (np.zeros((distances.size, vocab), np.int64) for _ in range(2))
+    full = lengths >= halo
+    if full.any():  # [documents, halo] windows; column p: offset p from the start / the end
+        window = np.lib.stride_tricks.sliding_window_view(tokens, halo)
+        for out, first_rows, last in ((heads, starts, False), (tails, ends - (halo - 1), True)):
+            block = window[first_rows[full]]
+            block = block[:, ::-1] if last else block
+            for k in range(distances.size):
+                band = block[:, bands[k] : bands[k + 1]].ravel()
+                out[k] = np.bincount(band, minlength=vocab)
+    if not full.all():  # shorter documents: every token lies in both edges
+        size = lengths[~full]
+        offset = np.arange(size.sum()) - np.repeat(np.cumsum(size) - size, size)
+        ids = tokens[np.repeat(starts[~full], size) + offset].astype(np.intp)
+        band_of = np.searchsorted(distances, np.arange(halo), side="right") * vocab
+        for out, p in ((heads, offset), (tails, np.repeat(size - 1, size) - offset)):
+            ids_in_band = band_of[p] + ids  # k·V + token: one histogram for every band
+            out += np.bincount(ids_in_band, minlength=out.size).reshape(out.shape)
+    for k in range(1, distances.size):  # excluded at d_k: bands 0…k
+        heads[k] += heads[k - 1]
+        tails[k] += tails[k - 1]
+    return np.subtract(unigrams, tails, out=tails), np.subtract(unigrams, heads, out=heads)
+
+
 def _pipelined(count, then, n: int, workers: int) -> list:
-    """[(t_k, then(t_k)) for k < n] with t_k = count(k), on `workers` threads. While counts
+    """[(t_k, then(k, t_k)) for k < n] with t_k = count(k), on `workers` threads. While counts
     remain, at most one thread runs `then`: a count (a sort) is compute-bound and the
     estimates that follow it memory-bound, so one of each side by side beats two of either."""
     out: list = [None] * n
@@ -405,7 +451,7 @@ def _pipelined(count, then, n: int, workers: int) -> list:
                     ready.append((k, table))
                 continue
             try:
-                out[k] = (table, then(table))
+                out[k] = (table, then(k, table))
             finally:
                 with lock:
                     busy -= 1
@@ -557,8 +603,9 @@ def _count_local(
     then=None,
 ):
     """(tables, V, unigrams, tokens, documents, results): `then`, if given, makes from the
-    unigrams a function of a pattern's final table, and results are its values per pattern,
-    computed while the other patterns count where the input is one host chunk (else None)."""
+    unigrams and the pair marginals (`_pair_marginals`; None where not made) a function of
+    (pattern index, its final table), and results are its values per pattern, computed while
+    the other patterns count where the input is one host chunk (else None)."""
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
     if implementation == "auto":
@@ -598,7 +645,7 @@ def _count_local(
             tokens, documents = stop.value
             break
         if implementation == "numpy" and one_chunk:  # the unigrams and tables are final
-            then_fn = _after_unigrams(then, unigrams, chunk)
+            then_fn = _after_unigrams(then, unigrams, chunk, patterns)
             pairs = _numpy_tables(chunk, patterns, vocab_size, then_fn)
             tables, results = [t for t, _ in pairs], [r for _, r in pairs]
         else:

@@ -226,117 +226,97 @@ def _grassberger_table(counts: np.ndarray) -> np.ndarray | None:
     return np.repeat(half, 2)[: top + 1]
 
 
-_BLOCK = 1 << 17  # pairs per block of `_one_distance`: 1 MiB per float64 work array
+_BLOCK = 1 << 16  # pairs per block of `_one_distance`: 0.5 MiB per 8-byte work array
 
 
 class _Scratch:
-    """Per-thread work arrays of `_one_distance` (intp, float64, float64, and a uint64 one
-    viewed in the keys' dtype) for one block of pairs, reused across blocks and distances."""
+    """Per-thread work arrays of `_one_distance` for one block of pairs (two intp, two
+    float64, and a uint64 one viewed in the keys' dtype or as intp), reused across blocks and
+    distances."""
 
     def __init__(self, size: int):
         self.size = size
         self.local = threading.local()
 
-    def arrays(self, n: int, key_dtype) -> tuple[np.ndarray, ...]:
+    def arrays(self, n: int) -> tuple[np.ndarray, ...]:
         if not hasattr(self.local, "arrays"):
             size = self.size
-            self.local.arrays = (
-                np.empty(size, np.intp),
-                np.empty(size),
-                np.empty(size),
-                np.empty(size, np.uint64),
-            )
-        idx, w, f, keys = self.local.arrays
-        return idx[:n], w[:n], f[:n], keys.view(key_dtype)[:n]
+            self.local.arrays = tuple(np.empty(size, t) for t in (np.intp, np.intp, float, float))
+            self.local.arrays += (np.empty(size, np.uint64),)
+        return tuple(a[:n] for a in self.local.arrays)
 
 
-def _blocks(bounds: np.ndarray, size: int):
-    """(first-token range, pair range) of blocks of about `_BLOCK` pairs that end where a
-    first token's run ends (`bounds[a]`: the first pair of token a, ascending)."""
-    cuts = np.searchsorted(bounds, np.arange(_BLOCK, size, _BLOCK))
-    tokens = np.unique(np.concatenate(([0], cuts, [bounds.size])))
-    pairs = np.append(bounds, size)[tokens]
-    for j in range(tokens.size - 1):
-        if pairs[j + 1] > pairs[j]:
-            yield slice(tokens[j], tokens[j + 1]), int(pairs[j]), int(pairs[j + 1])
+def _one_distance(
+    table, vocab: int, method: str, h_unigram, scratch, known=None
+) -> tuple[float, float, int]:
+    """(Î, delta-method stderr, pairs) of one distance's pair table; `known`: its first- and
+    second-token histograms ([V] each) where the counting made them, else None.
 
-
-def _one_distance(table, vocab: int, method: str, h_unigram, scratch) -> tuple[float, float, int]:
-    """(Î, delta-method stderr, pairs) of one distance's pair table.
-
-    The keys are sorted, so the first token is non-decreasing: its marginal and its sums per
-    first token come from run boundaries (reduceat, no scatter); the second token needs
-    bincounts. The step is memory-bound, so the pairs go in blocks of `_BLOCK` whose work
-    arrays stay in the core's cache, and the table is read twice: once for the marginals and
-    Grassberger's sums, once for the stderr's cross term. Sums over pairs of a function of
-    n_ab alone go through the count of counts; the stderr's Σ n t² is expanded into sums over
-    the vocabulary.
+    The table is read in blocks of `_BLOCK` pairs whose work arrays stay in the core's cache
+    (the step is memory-bound). Unless `known`, a first read makes the marginals (the first
+    token is sorted, so its sums come from run boundaries; the second token's need a
+    bincount). One read then makes every sum over pairs at once: Σ n G(n), and Σ n t² with
+    t(a, b) = G(n_ab) − G(n_a) − G(n_b) + log N, whose mean over pairs is Grassberger's Î
+    exactly, so Σ n (t − Î)² = Σ n t² − N Î² (|t| ≲ 20 and Î ≈ 1: no digits lost).
     """
     keys, counts = table.keys, table.counts
     base = keys.dtype.type(vocab)
-    bounds = np.searchsorted(keys, np.arange(vocab, dtype=keys.dtype) * base)  # keys (a, 0)
-    runs = np.diff(bounds, append=keys.size)  # distinct pairs per first token
-    blocks = list(_blocks(bounds, keys.size))
+    spans = [(lo, min(lo + _BLOCK, keys.size)) for lo in range(0, keys.size, _BLOCK)]
     g_table = _grassberger_table(counts)
-    n_first, r_first, q_first = np.zeros(vocab), np.zeros(vocab), np.zeros(vocab)
-    n_second, r_second = np.zeros(vocab), np.zeros(vocab)
-    hist = np.zeros(0 if g_table is None else g_table.size, np.intp)  # G(0…max count)
-    sum_ng = sum_ngg = 0.0
 
-    def block_setup(a, lo, hi):
-        """Work arrays of pairs lo:hi: (index, n as float64, spare, run starts)."""
-        idx, w, f, key = scratch.arrays(hi - lo, keys.dtype)
-        np.copyto(w, counts[lo:hi])  # exact below 2^53
-        occupied = runs[a] > 0
-        starts = bounds[a][occupied] - lo
-        return idx, w, f, key, occupied, starts
-
-    def second_token(idx, key, lo, hi):
-        """idx = keys mod V as intp (bincount and take index with intp without a copy), by a
-        division by a constant (np.repeat of the first tokens would hold the GIL)."""
-        np.floor_divide(keys[lo:hi], base, out=key)
+    def block(lo, hi):
+        """Work arrays of pairs lo:hi: (first token, second token, n as float64, spare, spare
+        keys); the tokens as intp, in which bincount and take index without a copy."""
+        first, second, w, f, spare = scratch.arrays(hi - lo)
+        key = spare.view(keys.dtype)[: hi - lo]
+        np.floor_divide(keys[lo:hi], base, out=key)  # a division by a constant
+        np.copyto(first, key, casting="unsafe")
         np.multiply(key, base, out=key)
-        np.subtract(keys[lo:hi], key, out=idx, casting="unsafe")
+        np.subtract(keys[lo:hi], key, out=second, casting="unsafe")
+        np.copyto(w, counts[lo:hi])  # exact below 2^53
+        return first, second, w, f, spare
 
-    for a, lo, hi in blocks:
-        idx, w, f, key, occupied, starts = block_setup(a, lo, hi)
-        if g_table is not None:
-            np.copyto(idx, counts[lo:hi])
-            part = np.bincount(idx)
-            hist[: part.size] += part
-            g_table.take(idx, out=f, mode="clip")  # in range: "clip" takes without a copy
-        else:
-            f[:] = _grassberger_g_np(w)
-            sum_ng += float((w * f).sum())
-            sum_ngg += float((w * f * f).sum())
-        f *= w  # n G(n) per pair
-        second_token(idx, key, lo, hi)
-        n_first[a][occupied] = np.add.reduceat(w, starts)
-        r_first[a][occupied] = np.add.reduceat(f, starts)  # Σ_b n G(n) per first token
-        n_second += np.bincount(idx, weights=w, minlength=vocab)
-        r_second += np.bincount(idx, weights=f, minlength=vocab)  # Σ_a n G(n) per second
-    if g_table is not None:
-        values = np.flatnonzero(hist)
-        g_values = g_table[values]
-        m = hist[values] * values.astype(np.float64)
-        sum_ng, sum_ngg = float((m * g_values).sum()), float((m * g_values**2).sum())
+    if known is not None:
+        n_first, n_second = (np.asarray(n, np.float64) for n in known)
+    else:
+        n_first, n_second = np.zeros(vocab), np.zeros(vocab)
+        for lo, hi in spans:
+            first, second, w, _, _ = block(lo, hi)
+            runs = np.concatenate(([0], np.flatnonzero(first[1:] != first[:-1]) + 1))
+            n_first[first[runs]] += np.add.reduceat(w, runs)  # distinct within a block
+            n_second += np.bincount(second, weights=w, minlength=vocab)
     total = float(n_first.sum())
     log_total = math.log(total)
-    # Grassberger's G per marginal count (G(1) where a marginal is 0)
+    # Grassberger's G per marginal count (G(1) where a marginal is 0); log N goes into g_first
     g_first = _grassberger_g_np(np.maximum(n_first, 1.0))
     g_second = _grassberger_g_np(np.maximum(n_second, 1.0))
-    # Grassberger entropies (log N − Σ n G(n) / N), the centre of the delta method
+    h_first_g = log_total - float(np.einsum("i,i->", n_first, g_first)) / total
+    h_second_g = log_total - float(np.einsum("i,i->", n_second, g_second)) / total
+    g_first -= log_total
+    sum_ng = sum_nt2 = 0.0
+    for lo, hi in spans:
+        first, second, w, f, spare = block(lo, hi)
+        if g_table is not None:
+            index = spare.view(np.intp)
+            np.copyto(index, counts[lo:hi], casting="unsafe")
+            g_table.take(index, out=f, mode="clip")  # in range: "clip" takes without a copy
+        else:
+            f[:] = _grassberger_g_np(w)
+        # einsum's own loops, not `@`: BLAS's threads would spin on the cores that the other
+        # distances run on
+        sum_ng += float(np.einsum("i,i->", w, f))
+        g = spare.view(float)
+        f -= g_first.take(first, out=g, mode="clip")
+        f -= g_second.take(second, out=g, mode="clip")
+        sum_nt2 += float(np.einsum("i,i,i->", w, f, f))
     h_pair_g = log_total - sum_ng / total
-    h_first_g = log_total - float((n_first * g_first).sum()) / total
-    h_second_g = log_total - float((n_second * g_second).sum()) / total
     mi_g = h_first_g + h_second_g - h_pair_g
     if method == "grassberger":
         h_pair = h_pair_g
         h_marginals = h_first_g + h_second_g
     else:
-        if g_table is None:
-            hist = np.bincount(counts)
-            values = np.flatnonzero(hist)
+        hist = np.bincount(counts)
+        values = np.flatnonzero(hist)
         h_pair = _histogram_entropy(values, hist[values], method, vocab * vocab)
         if h_unigram is None:
             h_marginals = sum(
@@ -344,36 +324,35 @@ def _one_distance(table, vocab: int, method: str, h_unigram, scratch) -> tuple[f
                 for n in (n_first, n_second)
             )
     value = (2.0 * h_unigram if h_unigram is not None else h_marginals) - h_pair
-    # Σ n t² with t(a, b) = G(n_ab) − G'(n_a) − G(n_b), G' = G − (log N − Î): the square
-    # expanded, each term a sum over the vocabulary; the cross term Σ n G'(n_a) G(n_b) takes
-    # the second read (t has mean 0 and |t| ≲ 20, so the expansion keeps ~12 digits)
-    g_first -= log_total - mi_g
-    for a, lo, hi in blocks:
-        idx, w, f, key, occupied, starts = block_setup(a, lo, hi)
-        second_token(idx, key, lo, hi)
-        g_second.take(idx, out=f, mode="clip")
-        f *= w
-        q_first[a][occupied] = np.add.reduceat(f, starts)  # Σ_b n G(n_b) per first token
-    # NumPy's pairwise sums, not `@`: BLAS's threads would spin on the cores that the other
-    # distances run on
-    sum_nt2 = sum_ngg + float(
-        (
-            g_first * (n_first * g_first + 2.0 * q_first - 2.0 * r_first)
-            + g_second * (n_second * g_second - 2.0 * r_second)
-        ).sum()
-    )
-    return value, math.sqrt(max(sum_nt2, 0.0) / total) / math.sqrt(total), int(total)
+    variance = max(sum_nt2 - total * mi_g * mi_g, 0.0) / total
+    return value, math.sqrt(variance / total), int(total)
 
 
-def _estimator(unigrams: np.ndarray, marginals: str, method: str, largest: int | None = None):
-    """The estimate of one distance's table (None for an empty one), for tables of at most
-    `largest` distinct pairs (None: any); the unigram entropy and the work arrays are shared."""
+def _estimator(
+    unigrams: np.ndarray,
+    marginals: str,
+    method: str,
+    largest: int | None = None,
+    first: np.ndarray | None = None,
+    second: np.ndarray | None = None,
+):
+    """The estimate of distance k's table as a function of (k, table) (None for an empty
+    table), for tables of at most `largest` distinct pairs (None: any); the unigram entropy
+    and the work arrays are shared. `first`, `second`: [K, V] token histograms of the pairs'
+    first and second tokens where the counting made them (else the tables give them)."""
     vocab = unigrams.size
     h_unigram = None
     if marginals == "unigrams":
         h_unigram = _histogram_entropy(*_count_of_counts(unigrams), method, vocab)
-    scratch = _Scratch(_BLOCK + vocab if largest is None else min(largest, _BLOCK + vocab))
-    return lambda t: _one_distance(t, vocab, method, h_unigram, scratch) if t.keys.size else None
+    scratch = _Scratch(_BLOCK if largest is None else min(largest, _BLOCK))
+
+    def one(k: int, table: CountTable):
+        if not table.keys.size:
+            return None
+        known = None if first is None else (first[k], second[k])
+        return _one_distance(table, vocab, method, h_unigram, scratch, known)
+
+    return one
 
 
 def _gathered(counts: PairCounts, per_d: list) -> TwoPointEstimates:
@@ -397,9 +376,9 @@ def two_point_estimates(
     workers = min(len(tables), _host_workers())
     if workers > 1 and sum(t.keys.size for t in tables) >= 1 << 20:  # NumPy releases the GIL
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-            per_d = list(pool.map(one, tables))
+            per_d = list(pool.map(one, range(len(tables)), tables))
     else:
-        per_d = [one(t) for t in tables]
+        per_d = [one(k, t) for k, t in enumerate(tables)]
     return _gathered(counts, per_d)
 
 
@@ -407,7 +386,9 @@ def _counted_estimates(tokens_or_docs, distances, vocab_size, marginals, method,
     """(`count_pairs`, `two_point_estimates` of it); where the corpus is one host chunk, each
     distance is estimated while the others are counted (counting's `_pipelined`)."""
     _check_options(marginals, None, method)
-    then = lambda unigrams: _estimator(unigrams, marginals, method)
+    then = lambda unigrams, first, second: _estimator(
+        unigrams, marginals, method, first=first, second=second
+    )
     counts, per_d = _count_pairs(tokens_or_docs, distances, vocab_size, then=then, **count_kw)
     if per_d is None:
         return counts, two_point_estimates(counts, marginals=marginals, method=method)
