@@ -161,24 +161,28 @@ def test_many_short_documents_match_counter():
         )
 
 
-def test_pair_marginals_are_the_histograms_of_each_pairs_tokens():
-    """`_pair_marginals` (the unigrams less each document's edges, by distance band) equals
-    the histogram of the first and of the second token over the pairs at every distance, for
-    documents longer than the largest distance, shorter ones and single tokens; it declines
-    patterns that are not pairs (0, d)."""
-    from l2m_jax.information.counting import _Chunk, _chunks, _pair_marginals
+def test_document_edges_give_each_distances_marginals_and_the_unigrams():
+    """The unigrams less `_document_edges` (each document's first and last d tokens, by
+    distance band) are the histograms of the first and of the second token over the pairs at
+    every distance, for documents longer than the largest distance, shorter ones and single
+    tokens; a table's first tokens plus the ends it leaves out are the unigrams. Patterns
+    that are not pairs (0, d) are declined."""
+    from l2m_jax.information.counting import _chunks, _document_edges, _first_tokens
 
     rng = np.random.default_rng(5)
-    vocab_size, distances = 50, (1, 3, 4, 30, 64)
+    vocab_size, distances = 50, (1, 3, 4, 30, 64, 600)
     lengths = (200, 64, 65, 63, 1, 30, 31, 2, 500, 7)
     docs = [rng.integers(0, vocab_size, n).astype(np.int32) for n in lengths]
     chunk = next(_chunks(docs, vocab_size, np.uint32, 1 << 20, max(distances)))
-    assert isinstance(chunk, _Chunk) and chunk.starts == sum(lengths)  # one chunk: every doc
+    assert chunk.starts == sum(lengths) and chunk.ends.size == len(docs)  # one chunk
     unigrams = np.bincount(np.concatenate(docs), minlength=vocab_size)
-    first, second = _pair_marginals(chunk, [(0, d) for d in distances], unigrams)
+    heads, tails = _document_edges(chunk, [(0, d) for d in distances], vocab_size)
+    tables = count_pairs(docs, distances, vocab_size, progress=False).tables
     for k, d in enumerate(distances):
-        pairs = [(doc[:-d], doc[d:]) for doc in docs if doc.size > d]
-        for got, part in ((first[k], 0), (second[k], 1)):
-            want = np.bincount(np.concatenate([p[part] for p in pairs]), minlength=vocab_size)
+        pairs = [(doc[:-d], doc[d:]) for doc in docs if doc.size > d] or [([], [])]
+        for got, part in ((unigrams - tails[k], 0), (unigrams - heads[k], 1)):
+            tokens = np.concatenate([p[part] for p in pairs]).astype(np.intp)
+            want = np.bincount(tokens, minlength=vocab_size)
             np.testing.assert_array_equal(got, want, err_msg=f"d={d}, token {part}")
-    assert _pair_marginals(chunk, [(0, 1, 2)], unigrams) == (None, None)
+        np.testing.assert_array_equal(_first_tokens(tables[k], vocab_size) + tails[k], unigrams)
+    assert _document_edges(chunk, [(0, 1, 2)], vocab_size) is None

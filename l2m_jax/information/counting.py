@@ -163,8 +163,15 @@ def _key_dtype(vocab_size: int, arity: int):
 
 class _Chunk(NamedTuple):
     tokens: np.ndarray  # [starts + halo'] token ids (the key dtype)
-    remaining: np.ndarray  # [same] int32: tokens after this one in its document, capped at halo
+    ends: np.ndarray  # int64, ascending: where each document that ends in `tokens` ends
     starts: int  # events start at positions [0, starts)
+
+    def remaining(self, cap: int) -> np.ndarray:
+        """[starts] int32: the tokens after each start in its document, capped at `cap` (a
+        document that does not end in `tokens` has at least halo' ≥ cap of them)."""
+        position = np.arange(self.starts)
+        ends = np.append(self.ends, self.starts + cap)
+        return np.minimum(ends[np.searchsorted(ends, position)] - position, cap).astype(np.int32)
 
 
 def _joined(pieces: list[np.ndarray], dtype) -> np.ndarray:
@@ -181,7 +188,7 @@ def _chunks(
     """Yields `_Chunk`s covering every start position once; returns (tokens, documents).
     `checked`: the documents passed `_check_document` already (a materialised list)."""
     buf_tok: list[np.ndarray] = []
-    buf_rem: list[np.ndarray] = []
+    buf_end: list[int] = []  # where each buffered document ends, from the buffer's start
     size = tokens = documents = 0
     for i, doc in enumerate(docs):
         doc = doc if checked else _check_document(doc, vocab_size, i)
@@ -191,22 +198,24 @@ def _chunks(
         tokens += n
         documents += 1
         buf_tok.append(doc)  # cast to the key dtype when joined
-        rem = np.full(n, halo, np.int32)  # capped at halo: only rem ≥ d matters, d ≤ halo
-        tail = min(n, halo + 1)
-        rem[n - tail :] = np.arange(tail - 1, -1, -1, dtype=np.int32)
-        buf_rem.append(rem)
         size += n
+        buf_end.append(size - 1)
         while size >= chunk + halo:
             tok = _joined(buf_tok, key_dtype)  # views when one piece (long docs)
-            rem = _joined(buf_rem, np.int32)
-            yield _Chunk(tok[: chunk + halo], rem[: chunk + halo], chunk)
-            buf_tok, buf_rem, size = [tok[chunk:]], [rem[chunk:]], size - chunk
+            ends = np.array(buf_end, np.int64)
+            yield _Chunk(tok[: chunk + halo], ends[ends < chunk + halo], chunk)
+            buf_tok, buf_end, size = (
+                [tok[chunk:]],
+                (ends[ends >= chunk] - chunk).tolist(),
+                size - chunk,
+            )
     if size:  # the rest (< chunk + halo starts), padded so every offset slice is full
         tok = _joined([*buf_tok, np.zeros(halo, key_dtype)], key_dtype)
-        rem = _joined([*buf_rem, np.full(halo, -1, np.int32)], np.int32)
+        ends = np.array(buf_end, np.int64)
         for lo in range(0, size, chunk):
             starts = min(chunk, size - lo)
-            yield _Chunk(tok[lo : lo + starts + halo], rem[lo : lo + starts + halo], starts)
+            inside = ends[(ends >= lo) & (ends < lo + starts + halo)] - lo
+            yield _Chunk(tok[lo : lo + starts + halo], inside, starts)
     if tokens == 0:
         raise ValueError("empty input: no tokens to count")
     return tokens, documents
@@ -312,9 +321,9 @@ def _numpy_tables(chunk: _Chunk, patterns, vocab_size: int, then=None) -> list:
     base, sentinel = dtype.type(vocab_size), np.iinfo(dtype).max
     heads = {first for first, *_ in patterns if len(patterns) > 1}
     head = {f: chunk.tokens[f : f + n] * base for f in heads}  # t0·V, shared by pairs
-    ends = np.flatnonzero(chunk.remaining == 0)  # the last token of each document
-    if ends.size > _TAIL_SLICES:
-        ends = None  # many documents: mask the invalid starts instead
+    ends, remaining = chunk.ends, None  # where each document ends
+    if ends.size > _TAIL_SLICES:  # many documents: mask the invalid starts instead
+        ends, remaining = None, chunk.remaining(max(p[-1] for p in patterns))
     scratch = threading.local()
 
     def one(offsets) -> CountTable:
@@ -339,7 +348,7 @@ def _numpy_tables(chunk: _Chunk, patterns, vocab_size: int, then=None) -> list:
         dense = space <= min(_DENSE_LIMIT, max(n, 1 << 12))
         fill = dtype.type(space) if dense else sentinel
         if ends is None:
-            np.less(chunk.remaining[:n], offsets[-1], out=scratch.invalid)
+            np.less(remaining, offsets[-1], out=scratch.invalid)
             np.copyto(key, fill, where=scratch.invalid)
             dropped = int(np.count_nonzero(scratch.invalid))
         else:
@@ -364,39 +373,59 @@ def _numpy_tables(chunk: _Chunk, patterns, vocab_size: int, then=None) -> list:
 
 
 def _after_unigrams(then, unigrams: np.ndarray, chunk: _Chunk, patterns):
-    """`then(unigrams, first, second)` (`_pair_marginals`) as a function of (k, table), made
-    on its first call, once the chunk's unigrams are added: in a worker, beside the first
-    counts, not before them."""
+    """`then(unigrams, first, second)` as a function of (k, table), made on its first call
+    once the chunk's unigrams are added: in a worker, beside the first counts, not before
+    them. For pairs, `first` and `second` are [K, V] histograms of the pairs' first and second
+    tokens at each distance (the unigrams less `_document_edges`; else None), and the
+    unigrams are the first tokens of that first table plus the document ends it leaves out
+    (cheaper than a histogram of the chunk)."""
     lock, made = threading.Lock(), []
 
     def fn(k, table):
         with lock:
             if not made:
-                _add_unigrams(unigrams, chunk.tokens[: chunk.starts])
-                made.append(then(unigrams, *_pair_marginals(chunk, patterns, unigrams)))
+                edges = _document_edges(chunk, patterns, unigrams.size)
+                if edges is None:
+                    _add_unigrams(unigrams, chunk.tokens[: chunk.starts])
+                    made.append(then(unigrams, None, None))
+                else:
+                    heads, tails = edges
+                    np.add(unigrams, _first_tokens(table, unigrams.size) + tails[k], out=unigrams)
+                    first = np.subtract(unigrams, tails, out=tails)
+                    made.append(then(unigrams, first, np.subtract(unigrams, heads, out=heads)))
         return made[0](k, table)
 
     return fn
 
 
-_MARGINALS_LIMIT = 1 << 24  # entries of each [K, V] marginal table `_pair_marginals` makes
+def _first_tokens(table: CountTable, vocab: int) -> np.ndarray:
+    """[V] int64: how often each token is the first of a pair of `table` (its sorted keys
+    hold the first token in runs)."""
+    out = np.zeros(vocab, np.int64)
+    if table.keys.size:
+        first = table.keys // table.keys.dtype.type(vocab)
+        runs = np.concatenate(([0], np.flatnonzero(first[1:] != first[:-1]) + 1))
+        out[first[runs]] = np.add.reduceat(table.counts, runs, dtype=np.int64)
+    return out
 
 
-def _pair_marginals(chunk: _Chunk, patterns, unigrams: np.ndarray):
-    """([K, V], [K, V]) int64: how often each token is the first and the second token of a
-    pair at each distance d_k, for pair patterns (0, d_k) ascending over a chunk that holds
-    whole documents; (None, None) for other patterns or when the tables would be large.
+_EDGES_LIMIT = 1 << 24  # entries of each [K, V] table `_document_edges` makes
+
+
+def _document_edges(chunk: _Chunk, patterns, vocab: int):
+    """(heads, tails), [K, V] int64: histograms of the first d_k and of the last d_k tokens of
+    every document, for pair patterns (0, d_k) ascending over a chunk that holds whole
+    documents; None for other patterns or when the tables would be large.
 
     At distance d no pair starts at one of the last d tokens of a document and none ends at
-    one of its first d, so the marginals are the unigrams less the histograms of those
-    edges. Each edge token is counted once, in the band of distances that first exclude it
-    (offset p from the start or the end: the d_k > p), and the bands are summed up."""
+    one of its first d, so the pairs' marginals are the unigrams less these. Each edge token
+    is counted once, in the band of distances that first take it in (offset p from the start
+    or the end: the d_k > p), and the bands are summed up."""
     distances = np.array([p[-1] for p in patterns])
-    vocab = unigrams.size
-    if any(len(p) != 2 or p[0] != 0 for p in patterns) or distances.size * vocab > _MARGINALS_LIMIT:
-        return None, None
+    if any(len(p) != 2 or p[0] != 0 for p in patterns) or distances.size * vocab > _EDGES_LIMIT:
+        return None
     tokens, halo = chunk.tokens[: chunk.starts], int(distances[-1])
-    ends = np.flatnonzero(chunk.remaining[: chunk.starts] == 0)  # every document's last token
+    ends = chunk.ends  # one chunk: every document ends among its starts
     starts = np.concatenate(([0], ends[:-1] + 1))
     lengths = ends - starts + 1
     bands = np.concatenate(([0], distances))  # offsets bands[k] ≤ p < bands[k + 1]: band k
@@ -418,10 +447,10 @@ def _pair_marginals(chunk: _Chunk, patterns, unigrams: np.ndarray):
         for out, p in ((heads, offset), (tails, np.repeat(size - 1, size) - offset)):
             ids_in_band = band_of[p] + ids  # k·V + token: one histogram for every band
             out += np.bincount(ids_in_band, minlength=out.size).reshape(out.shape)
-    for k in range(1, distances.size):  # excluded at d_k: bands 0…k
+    for k in range(1, distances.size):  # the edges at d_k: bands 0…k
         heads[k] += heads[k - 1]
         tails[k] += tails[k - 1]
-    return np.subtract(unigrams, tails, out=tails), np.subtract(unigrams, heads, out=heads)
+    return heads, tails
 
 
 def _pipelined(count, then, n: int, workers: int) -> list:
@@ -510,15 +539,16 @@ def _xla_tables(chunk: _Chunk, patterns, vocab_size, devices, per_device, halo, 
     packed = key_dtype == np.uint32
     width = per_device + halo
     tok_SxW = np.zeros((shards, width), np.uint32 if packed else np.int32)
-    rem_SxW = np.full((shards, width), -1, np.int32)
+    rem_SxW = np.full((shards, width), -1, np.int32)  # -1: not a start of this chunk
+    remaining = chunk.remaining(halo)
     for s in range(shards):
         lo = s * per_device
         hi = min(lo + width, chunk.tokens.size)
         if lo >= chunk.starts:
             break
         tok_SxW[s, : hi - lo] = chunk.tokens[lo:hi]
-        rem_SxW[s, : hi - lo] = chunk.remaining[lo:hi]
-        rem_SxW[s, max(chunk.starts - lo, 0) :] = -1  # starts beyond the chunk belong to the next
+        mine = remaining[lo : min(hi, chunk.starts)]  # starts beyond the chunk belong to the next
+        rem_SxW[s, : mine.size] = mine
     fn, sharding = _xla_counter(tuple(devices), per_device, vocab_size, arity, packed)
     offsets_KxA = np.asarray(patterns, np.int32)
     uniq, counts_SxKxN, runs_SxK = jax.device_get(
@@ -603,7 +633,7 @@ def _count_local(
     then=None,
 ):
     """(tables, V, unigrams, tokens, documents, results): `then`, if given, makes from the
-    unigrams and the pair marginals (`_pair_marginals`; None where not made) a function of
+    unigrams and the pairs' marginals (`_after_unigrams`; None where not made) a function of
     (pattern index, its final table), and results are its values per pattern, computed while
     the other patterns count where the input is one host chunk (else None)."""
     if implementation not in IMPLEMENTATIONS:
