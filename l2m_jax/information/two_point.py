@@ -444,10 +444,15 @@ def shifted_pair_counts(
     return sum_pair_counts(counts)  # every process's documents in a multi-process run
 
 
-def _surrogate_counts(docs, surrogate, distances, vocab, rng, count_kw) -> PairCounts:
+def _surrogate_estimates(docs, surrogate, distances, vocab, rng, options, count_kw):
+    """`two_point_estimates` of one surrogate of `docs`; a shuffle is estimated while it is
+    counted, as the corpus is (`_counted_estimates`). `options`: (marginals, method)."""
+    marginals, method = options
     if surrogate == "shift":
-        return shifted_pair_counts(docs, distances, vocab, rng)
-    return count_pairs(shuffle_documents(docs, surrogate, rng), distances, vocab, **count_kw)
+        counts = shifted_pair_counts(docs, distances, vocab, rng)
+        return two_point_estimates(counts, marginals=marginals, method=method)
+    shuffled = shuffle_documents(docs, surrogate, rng)
+    return _counted_estimates(shuffled, distances, vocab, marginals, method, count_kw)[1]
 
 
 # ------------------------------------------------------------------------------------ fits
@@ -767,11 +772,12 @@ def two_point_mi(
     tokens, documents = counts.tokens, counts.documents
     del counts  # the tables of one corpus can be large (8 bytes per distinct pair)
     rng = np.random.default_rng(seed)
-    surrogates = []
-    for _ in range(shuffles if surrogate is not None else 0):
-        shuffled = _surrogate_counts(docs, surrogate, list(distances_K), vocab, rng, count_kw)
-        surrogates.append(two_point_estimates(shuffled, marginals=marginals, method=method))
-        del shuffled
+    surrogates = [
+        _surrogate_estimates(
+            docs, surrogate, list(distances_K), vocab, rng, (marginals, method), count_kw
+        )
+        for _ in range(shuffles if surrogate is not None else 0)
+    ]
     result = _assemble(distances_K, raw, surrogates, tokens, documents, options, fit_range)
     if bootstrap:
         boot = _document_bootstrap(
