@@ -161,14 +161,18 @@ def test_many_short_documents_match_counter():
         )
 
 
-def test_document_edges_give_each_distances_marginals_and_the_unigrams():
+@pytest.mark.parametrize("group", [1 << 22, 40])  # short documents in one or several groups
+def test_document_edges_give_each_distances_marginals_and_the_unigrams(monkeypatch, group):
     """The unigrams less `_document_edges` (each document's first and last d tokens, by
     distance band) are the histograms of the first and of the second token over the pairs at
     every distance, for documents longer than the largest distance, shorter ones and single
     tokens; a table's first tokens plus the ends it leaves out are the unigrams. Patterns
-    that are not pairs (0, d) are declined."""
+    that are not pairs (0, d) are declined. A chunk's capped remaining tokens per start,
+    made from where its documents end, are those of each document."""
+    from l2m_jax.information import counting
     from l2m_jax.information.counting import _chunks, _document_edges, _first_tokens
 
+    monkeypatch.setattr(counting, "_EDGES_GROUP", group)
     rng = np.random.default_rng(5)
     vocab_size, distances = 50, (1, 3, 4, 30, 64, 600)
     lengths = (200, 64, 65, 63, 1, 30, 31, 2, 500, 7)
@@ -186,3 +190,6 @@ def test_document_edges_give_each_distances_marginals_and_the_unigrams():
             np.testing.assert_array_equal(got, want, err_msg=f"d={d}, token {part}")
         np.testing.assert_array_equal(_first_tokens(tables[k], vocab_size) + tails[k], unigrams)
     assert _document_edges(chunk, [(0, 1, 2)], vocab_size) is None
+    for cap in (1, 64):
+        want = np.concatenate([np.minimum(np.arange(n - 1, -1, -1), cap) for n in lengths])
+        np.testing.assert_array_equal(chunk.remaining(cap, block=7), want)

@@ -166,12 +166,16 @@ class _Chunk(NamedTuple):
     ends: np.ndarray  # int64, ascending: where each document that ends in `tokens` ends
     starts: int  # events start at positions [0, starts)
 
-    def remaining(self, cap: int) -> np.ndarray:
+    def remaining(self, cap: int, block: int = 1 << 20) -> np.ndarray:
         """[starts] int32: the tokens after each start in its document, capped at `cap` (a
         document that does not end in `tokens` has at least halo' ≥ cap of them)."""
-        position = np.arange(self.starts)
         ends = np.append(self.ends, self.starts + cap)
-        return np.minimum(ends[np.searchsorted(ends, position)] - position, cap).astype(np.int32)
+        out = np.empty(self.starts, np.int32)
+        for lo in range(0, self.starts, block):  # in blocks: intp temporaries stay small
+            position = np.arange(lo, min(lo + block, self.starts))
+            following = ends[np.searchsorted(ends, position)]  # its document's last token
+            np.minimum(following - position, cap, out=out[lo : lo + block], casting="unsafe")
+        return out
 
 
 def _joined(pieces: list[np.ndarray], dtype) -> np.ndarray:
@@ -410,6 +414,7 @@ def _first_tokens(table: CountTable, vocab: int) -> np.ndarray:
 
 
 _EDGES_LIMIT = 1 << 24  # entries of each [K, V] table `_document_edges` makes
+_EDGES_GROUP = 1 << 22  # tokens of short documents `_document_edges` takes at a time
 
 
 def _document_edges(chunk: _Chunk, patterns, vocab: int):
@@ -439,11 +444,13 @@ def _document_edges(chunk: _Chunk, patterns, vocab: int):
             for k in range(distances.size):
                 band = block[:, bands[k] : bands[k + 1]].ravel()
                 out[k] = np.bincount(band, minlength=vocab)
-    if not full.all():  # shorter documents: every token lies in both edges
-        size = lengths[~full]
+    short = np.flatnonzero(~full)  # shorter documents: every token lies in both edges
+    band_of = np.searchsorted(distances, np.arange(halo), side="right") * vocab
+    group = np.cumsum(lengths[short]) // _EDGES_GROUP  # a few million tokens at a time
+    for part in np.split(short, np.flatnonzero(np.diff(group)) + 1) if short.size else ():
+        size = lengths[part]
         offset = np.arange(size.sum()) - np.repeat(np.cumsum(size) - size, size)
-        ids = tokens[np.repeat(starts[~full], size) + offset].astype(np.intp)
-        band_of = np.searchsorted(distances, np.arange(halo), side="right") * vocab
+        ids = tokens[np.repeat(starts[part], size) + offset].astype(np.intp)
         for out, p in ((heads, offset), (tails, np.repeat(size - 1, size) - offset)):
             ids_in_band = band_of[p] + ids  # k·V + token: one histogram for every band
             out += np.bincount(ids_in_band, minlength=out.size).reshape(out.shape)
@@ -727,9 +734,10 @@ def count_pairs(
         arrays, or any iterable of them (streamed; then `vocab_size` is required).
       distances: distinct integers d ≥ 1.
       vocab_size: V; token ids must lie in [0, V). Inferred as max id + 1 if None.
-      chunk_tokens: start positions per chunk. Memory: about 16 bytes per chunk token plus
-        6 per token and thread (host path) for the working buffers, and 8 bytes per distinct
-        pair (key + count) for each distance's table.
+      chunk_tokens: start positions per chunk. Memory: about 8 bytes per chunk token (12
+        when a chunk holds more than 4096 documents) plus 6 per token and thread (host path)
+        for the working buffers, and 8 bytes per distinct pair (key + count) for each
+        distance's table.
       implementation: "auto", "numpy" or "xla" (see the module docstring).
       devices: devices the "xla" path shards each chunk over (default: all local devices).
       progress: show a progress bar for runs longer than 2 s.
