@@ -216,11 +216,12 @@ def _histogram_entropy(values: np.ndarray, mult: np.ndarray, method: str, bins: 
     return float(entropy_from_count_of_counts(values, mult, method, bins=bins).value)
 
 
-def _grassberger_table(counts: np.ndarray) -> np.ndarray | None:
-    """G(n) for n = 0 … max(counts) (G(0) is never used), or None when that table would be
-    much larger than `counts`. G is constant on pairs (2k, 2k + 1): one digamma per pair."""
+def _grassberger_table(counts: np.ndarray, limit: int | None = None) -> np.ndarray | None:
+    """G(n) for n = 0 … max(counts) (G(0) = G(1)), or None when that table would be longer
+    than `limit` (default: much longer than `counts`). G is constant on pairs (2k, 2k + 1):
+    one digamma per pair."""
     top = int(counts.max())
-    if top > max(1 << 16, 4 * counts.size):
+    if top > (max(1 << 16, 4 * counts.size) if limit is None else limit):
         return None
     half = _grassberger_g_np(2.0 * np.arange(top // 2 + 1, dtype=np.float64))
     return np.repeat(half, 2)[: top + 1]
@@ -247,10 +248,11 @@ class _Scratch:
 
 
 def _one_distance(
-    table, vocab: int, method: str, h_unigram, scratch, known=None
+    table, vocab: int, method: str, h_unigram, scratch, known=None, g_marginal=None
 ) -> tuple[float, float, int]:
     """(Î, delta-method stderr, pairs) of one distance's pair table; `known`: its first- and
-    second-token histograms ([V] each) where the counting made them, else None.
+    second-token histograms ([V] each) where the counting made them, else None;
+    `g_marginal`: G(n) for n up to the largest unigram count (≥ any marginal), or None.
 
     The table is read in blocks of `_BLOCK` pairs whose work arrays stay in the core's cache
     (the step is memory-bound). Unless `known`, a first read makes the marginals (the first
@@ -288,8 +290,11 @@ def _one_distance(
     total = float(n_first.sum())
     log_total = math.log(total)
     # Grassberger's G per marginal count (G(1) where a marginal is 0); log N goes into g_first
-    g_first = _grassberger_g_np(np.maximum(n_first, 1.0))
-    g_second = _grassberger_g_np(np.maximum(n_second, 1.0))
+    if g_marginal is not None:
+        g_first, g_second = (g_marginal.take(n.astype(np.intp)) for n in (n_first, n_second))
+    else:
+        g_first = _grassberger_g_np(np.maximum(n_first, 1.0))
+        g_second = _grassberger_g_np(np.maximum(n_second, 1.0))
     h_first_g = log_total - float(np.einsum("i,i->", n_first, g_first)) / total
     h_second_g = log_total - float(np.einsum("i,i->", n_second, g_second)) / total
     g_first -= log_total
@@ -345,12 +350,13 @@ def _estimator(
     if marginals == "unigrams":
         h_unigram = _histogram_entropy(*_count_of_counts(unigrams), method, vocab)
     scratch = _Scratch(_BLOCK if largest is None else min(largest, _BLOCK))
+    g_marginal = _grassberger_table(unigrams, limit=1 << 22)  # shared by every distance
 
     def one(k: int, table: CountTable):
         if not table.keys.size:
             return None
         known = None if first is None else (first[k], second[k])
-        return _one_distance(table, vocab, method, h_unigram, scratch, known)
+        return _one_distance(table, vocab, method, h_unigram, scratch, known, g_marginal)
 
     return one
 
