@@ -11,12 +11,11 @@ Part "sword" (the real corpus: 6.2M GPT-2 tokens in 430 books, 13 distances 1..4
   default call     two_point_mi with its defaults (4 within-document shuffles), per token
                    counted (5 passes over the corpus)
 It reports the speed-up per token of the whole call over the Counter, the target being 100×.
-Measured on the 2-core development machine while other jobs ran (load average 2–3.5, so both
-threads often shared one core; wall ≈ CPU time): counter-loop 72–107 s, whole call 1.27–1.82 s
-(57–59×). The single-threaded work of each step (min of 4, `_host_workers` patched to 1; what
-a quiet machine splits over its cores): count_pairs 0.59–0.71 s, two_point_estimates
-0.46–0.58 s, whole call 1.10–1.27 s (1.94–2.28 s before the per-distance estimate was
-reworked). Rerun on a quiet machine for the ratio that counts.
+Measured on the 2-core development machine, quiet (load < 1.1), seven runs in one session:
+counter-loop 72–87 s, whole call 0.48–0.60 s, 124–173× (wall); the CPU-time ratio is
+66–81× (the call keeps both cores busy). Best steps: count_pairs 0.38–0.41 s,
+two_point_estimates 0.22–0.29 s, default call 3.5–3.9 s. The machine's speed drifts by ±15 %
+from minute to minute, which moves the 0.5 s call more than the Counter.
 Needs the Debian sword-* packages and the GPT-2 tokenizer asset (`l2m two-point --corpus sword`
 tokenizes and caches the corpus on first use, about a minute).
 

@@ -20,7 +20,9 @@ Two implementations of the per-chunk count, chosen by `implementation`:
   "auto"   "numpy" when JAX's default backend is the CPU, "xla" on GPU/TPU.
 Both give identical tables. `two_point_mi` hands the host path a function of each finished
 table (its estimate): where the corpus is one chunk, the estimates run in the same thread
-pool while the other distances count (`_pipelined`), at most one at a time beside the sorts.
+pool while the other distances count (`_pipelined`), at most one at a time beside the sorts,
+and each distance's first- and second-token marginals come from the documents' edges
+(`_document_edges`) instead of a read of its table.
 
 In a multi-process run (`jax.distributed`, one process per host) every process passes its
 own documents and gets the tables of all of them: each counts its share on its own devices,
