@@ -211,7 +211,7 @@ def fit_power_law(x, y, offset: bool = False, *, y_stderr=None) -> PowerLawFit:
     # scalar search after a coarse grid finds the global minimum of this 1-D problem.
     grid = ymin * (1.0 - np.geomspace(1.0, 1e-6, 60))
     grid = grid[(grid >= 0) & (grid < ymin)]
-    best = grid[int(np.argmin([ssr(c) for c in grid]))]
+    best = grid[int(np.argmin(_offset_grid(lx, y, grid)[1]))]
     lo = max(0.0, best - 0.05 * ymin)
     hi = min(ymin * (1 - 1e-9), best + 0.05 * ymin)
     c = (
@@ -219,23 +219,7 @@ def fit_power_law(x, y, offset: bool = False, *, y_stderr=None) -> PowerLawFit:
         if hi > lo
         else best
     )
-    c = min(max(c, 0.0), ymin * (1 - 1e-9))
-    intercept, slope, _, _ = _ols(lx, np.log(y - c))
-
-    # Stderr of b from the three-parameter Gauss-Newton covariance in log space.
-    resid = np.log(y - c) - intercept - slope * lx
-    jac = np.stack([np.ones_like(lx), lx, 1.0 / (y - c)], axis=1)
-    s2 = float(resid @ resid) / (x.size - 3)
-    cov = s2 * np.linalg.pinv(jac.T @ jac)
-    return PowerLawFit(
-        float(np.exp(intercept)),
-        slope,
-        float(np.sqrt(max(cov[1, 1], 0.0))),
-        c,
-        float(np.sqrt(s2)),
-        None,
-        x.size - 3,
-    )
+    return _fit_at_offset(lx, y, min(max(c, 0.0), ymin * (1 - 1e-9)))
 
 
 # ---- bootstraps over independent units ---------------------------------------------------
@@ -550,18 +534,35 @@ class OffsetProfile(NamedTuple):
 
 def _fit_at_offset(lx: np.ndarray, y: np.ndarray, c: float) -> PowerLawFit:
     """A, b by OLS of log(y − C) on log x at a fixed C; stderr of b from the three-parameter
-    Gauss–Newton covariance (C free), as `fit_power_law(offset=True)` reports it."""
+    Gauss–Newton covariance in log space (C free), as `fit_power_law(offset=True)` reports."""
     intercept, slope, _, _ = _ols(lx, np.log(y - c))
     resid = np.log(y - c) - intercept - slope * lx
     jac = np.stack([np.ones_like(lx), lx, 1.0 / (y - c)], axis=1)
     s2 = float(resid @ resid) / (lx.size - 3)
     cov = s2 * np.linalg.pinv(jac.T @ jac)
     return PowerLawFit(
-        float(np.exp(intercept)), slope, float(np.sqrt(max(cov[1, 1], 0.0))), c, float(np.sqrt(s2))
+        float(np.exp(intercept)),
+        slope,
+        float(np.sqrt(max(cov[1, 1], 0.0))),
+        c,
+        float(np.sqrt(s2)),
+        None,
+        lx.size - 3,
     )
 
 
-def offset_profile(x, y, *, points: int = 241) -> OffsetProfile:
+def _offset_grid(lx: np.ndarray, y: np.ndarray, grid: np.ndarray):
+    """(slopes, residual stds) of the OLS of log(y − C) on log x at every C of `grid` at
+    once (`_ols`, vectorised)."""
+    v_GxX = np.log(y[None, :] - grid[:, None])
+    du = lx - lx.mean()
+    v_mean = v_GxX.mean(axis=1)
+    slopes = ((v_GxX - v_mean[:, None]) * du).sum(axis=1) / float((du * du).sum())
+    fitted = (v_mean - slopes * lx.mean())[:, None] + slopes[:, None] * lx
+    return slopes, np.sqrt(((v_GxX - fitted) ** 2).sum(axis=1) / (lx.size - 2))
+
+
+def offset_profile(x, y, *, points: int = 241, fit: PowerLawFit | None = None) -> OffsetProfile:
     """Profiles the offset fit over C in [0, min y) and finds every local minimum.
 
     The residual of y = A·x^b + C in log space is often bimodal in C on biased two-point
@@ -573,6 +574,7 @@ def offset_profile(x, y, *, points: int = 241) -> OffsetProfile:
       x, y: positive, finite 1-D arrays of equal length (at least 4 points).
       points: grid size over C (≥ 16): half uniform on [0, min y), half geometric towards
         min y (down to 1e-7·min y from it).
+      fit: `fit_power_law(x, y, offset=True)` where already made (else it is made here).
     """
     x, y = _check(x, y, 4)
     if not isinstance(points, (int, np.integer)) or points < 16:
@@ -589,13 +591,8 @@ def offset_profile(x, y, *, points: int = 241) -> OffsetProfile:
     def rstd(c: float) -> float:
         return _ols(lx, np.log(y - c))[3] * dof
 
-    # the OLS of log(y − c) on log x at every grid point at once (`_ols`, vectorised)
-    v_GxX = np.log(y[None, :] - grid[:, None])
-    du = lx - lx.mean()
-    v_mean = v_GxX.mean(axis=1)
-    slopes = ((v_GxX - v_mean[:, None]) * du).sum(axis=1) / float((du * du).sum())
-    fitted = (v_mean - slopes * lx.mean())[:, None] + slopes[:, None] * lx
-    resid = np.sqrt(((v_GxX - fitted) ** 2).sum(axis=1) / (x.size - 2)) * dof
+    slopes, resid = _offset_grid(lx, y, grid)
+    resid *= dof
     minima = []
     for i in range(grid.size):
         left = resid[i - 1] if i else np.inf
@@ -610,6 +607,6 @@ def offset_profile(x, y, *, points: int = 241) -> OffsetProfile:
                 )
                 c = float(found.x) if found.fun <= resid[i] else c
             minima.append(_fit_at_offset(lx, y, c))
-    returned = fit_power_law(x, y, offset=True).offset
+    returned = (fit_power_law(x, y, offset=True) if fit is None else fit).offset
     chosen = int(np.argmin([abs(m.offset - returned) for m in minima]))
     return OffsetProfile(grid, resid, slopes, tuple(minima), chosen)

@@ -499,7 +499,7 @@ def _assemble(
     offset_fit = _fit(distances, raw.mi, raw_mask, offset=True)
     profile = None
     if offset_fit is not None:
-        profile = offset_profile(distances[raw_mask], raw.mi[raw_mask])
+        profile = offset_profile(distances[raw_mask], raw.mi[raw_mask], fit=offset_fit)
     if surrogates:
         sur_SxK = np.stack([s.mi for s in surrogates])
         mi_sur = sur_SxK.mean(axis=0)
