@@ -11,11 +11,12 @@ Part "sword" (the real corpus: 6.2M GPT-2 tokens in 430 books, 13 distances 1..4
   default call     two_point_mi with its defaults (4 within-document shuffles), per token
                    counted (5 passes over the corpus)
 It reports the speed-up per token of the whole call over the Counter, the target being 100×.
-Measured on the 2-core development machine, quiet (load < 1.1), seven runs in one session:
-counter-loop 72–87 s, whole call 0.48–0.60 s, 124–173× (wall); the CPU-time ratio is
-66–81× (the call keeps both cores busy). Best steps: count_pairs 0.38–0.41 s,
-two_point_estimates 0.22–0.29 s, default call 3.5–3.9 s. The machine's speed drifts by ±15 %
-from minute to minute, which moves the 0.5 s call more than the Counter.
+Measured on the 2-core development machine, quiet (load < 1.1), nine runs in one session:
+counter-loop 72–87 s, whole call 0.48–0.69 s, 124–173× (wall; 105–155× on the median of
+each run's three calls); the CPU-time ratio is 66–85× (the call keeps both cores busy). Best
+steps: count_pairs 0.38–0.51 s, two_point_estimates 0.22–0.29 s, default call 3.2–4.2 s.
+The machine's speed drifts by ±15 % from minute to minute, which moves the 0.5 s call more
+than the Counter.
 Needs the Debian sword-* packages and the GPT-2 tokenizer asset (`l2m two-point --corpus sword`
 tokenizes and caches the corpus on first use, about a minute).
 
