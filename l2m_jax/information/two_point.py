@@ -232,8 +232,8 @@ _BLOCK = 1 << 16  # pairs per block of `_one_distance`: 0.5 MiB per 8-byte work 
 
 class _Scratch:
     """Per-thread work arrays of `_one_distance` for one block of pairs (two intp, two
-    float64, and a uint64 one viewed in the keys' dtype or as intp), reused across blocks and
-    distances."""
+    float64, and a uint64 one viewed in the keys' dtype, as intp or as float64), reused
+    across blocks and distances."""
 
     def __init__(self, size: int):
         self.size = size
